@@ -1,0 +1,1 @@
+"""Shared by the coordinator and the hospitals: data, models, training, metrics."""
