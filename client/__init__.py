@@ -1,0 +1,1 @@
+"""A hospital site: Flower ClientApp, site data, audit log and mammo-client."""

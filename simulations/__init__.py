@@ -1,0 +1,1 @@
+"""Researcher tools: virtual sites and transfer-curve experiments (mammo-sim)."""
