@@ -1,0 +1,122 @@
+"""The Flower ClientApp (Message API) of a hospital site.
+
+Flower starts a fresh `flwr-clientapp` process for every message, so this module imports only
+Flower at load time; torch and the data stack are imported inside the handlers. Every reply is
+written to the site's audit log before it is returned. Failures become an error reply that
+names the site and a path-free cause (details stay in the site's own log), never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.audit import AuditEntry, append_entry, utc_now
+from common import fed_protocol as P
+from common.errors import DataError, MammoError
+
+app = ClientApp()
+SITE_LOG = "client.log"
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return handle(msg, context, "train")
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    return handle(msg, context, "evaluate")
+
+
+def public_reason(exc: BaseException) -> str:
+    """What the coordinator may see: no file paths (they can hold patient identifiers)."""
+    if isinstance(exc, DataError):
+        return f"DataError: {exc.cause}"
+    if isinstance(exc, MammoError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} (details in the site's {SITE_LOG})"
+
+
+def log_locally(state_dir: Path | None, text: str) -> None:
+    if state_dir is None:
+        return
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with open(state_dir / SITE_LOG, "a", encoding="utf-8") as fh:
+            fh.write(f"{utc_now()} {text}\n")
+    except OSError:
+        pass
+
+
+def _set_threads(site_nc: dict[str, Any], rc_threads: int) -> None:
+    from common.device import set_cpu_threads
+
+    set_cpu_threads(int(site_nc.get("num-threads", 0) or rc_threads or 0))
+
+
+def handle(msg: Message, context: Context, kind: str) -> Message:
+    from client.local import RoundConfig, local_evaluate, local_train
+    from client.site import resolve_site
+
+    site = None
+    rnd = 0
+    try:
+        site = resolve_site(dict(context.node_config), dict(context.run_config))
+        cfg = msg.content.config_records.get(P.CONFIG, ConfigRecord())
+        rc = RoundConfig.from_record(cfg)
+        rnd = rc.server_round
+        _set_threads(site.node_config, rc.num_threads)
+        arrays = P.arrayrecord_to_numpy(msg.content.array_records[P.ARRAYS])
+        if kind == "train":
+            weights, metrics = local_train(site, rc, arrays)
+            _maybe_delay(site)
+            content = RecordDict(
+                {
+                    P.ARRAYS: P.numpy_to_arrayrecord(weights),
+                    P.METRICS: MetricRecord(metrics),
+                    P.SITE: ConfigRecord({"site": site.name, "status": P.STATUS_OK}),
+                }
+            )
+            digest = P.arrays_sha256(weights)
+        else:
+            metrics = local_evaluate(site, rc, arrays)
+            content = RecordDict(
+                {P.METRICS: MetricRecord(metrics), P.SITE: ConfigRecord({"site": site.name, "status": P.STATUS_OK})}
+            )
+            digest = None
+        status, names = P.STATUS_OK, sorted(metrics)
+    except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
+        reason = public_reason(exc)
+        log_locally(site.state_dir if site else None, f"{kind} round {rnd} failed: {exc}\n{traceback.format_exc()}")
+        logging.getLogger("mammo.client").warning("%s failed: %s", kind, reason)
+        name = site.name if site else str(dict(context.node_config).get("site", f"node-{context.node_id}"))
+        content = RecordDict(
+            {P.SITE: ConfigRecord({"site": name, "status": P.STATUS_ERROR, "error": reason})}
+        )
+        status, names, digest = P.STATUS_ERROR, [], None
+    if site is not None:
+        append_entry(
+            site.state_dir,
+            AuditEntry(
+                time=utc_now(), site=site.name, run_id=int(context.run_id), round=rnd, kind=kind,
+                bytes=P.recorddict_nbytes(content), weights_sha256=digest, metric_names=names, status=status,
+            ),
+        )
+    return Message(content, reply_to=msg)
+
+
+def _maybe_delay(site: Any) -> None:
+    """Test-only: `test-fault = 'delay:SECONDS'` makes a site slow (to drop it mid-round)."""
+    fault = site.fault
+    if fault.startswith("delay:"):
+        time.sleep(float(fault.split(":", 1)[1]))
+
+

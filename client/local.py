@@ -1,0 +1,201 @@
+"""Local work at a site: rebuild the received model, fine-tune it, or score the validation split.
+
+Everything here runs inside the site's `flwr-clientapp` process, on the site's GPU (AMP) when
+it has one, else CPU. FedBN: the site's BatchNorm weights/statistics are kept in its state dir
+and replace the global ones before training and evaluation; they are never sent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.site import SiteInfo, load_site_images, site_subsets
+from common import fed_protocol as P
+from common.errors import DataError
+
+
+@dataclass
+class RoundConfig:
+    server_round: int
+    fed_id: str
+    model_kind: str
+    model_spec: dict[str, Any]
+    preprocessing: dict[str, Any]
+    local_epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    max_steps: int
+    augment: bool
+    seed: int
+    val_fraction: float
+    proximal_mu: float
+    fedbn: bool
+    device: str
+    num_threads: int
+    tta: bool
+    hist_bins: int
+
+    @classmethod
+    def from_record(cls, cfg: Any) -> RoundConfig:
+        g = cfg.get
+        return cls(
+            server_round=int(g("server-round", 0)),
+            fed_id=str(g("fed-id", "default")),
+            model_kind=str(g("model-kind", "whole_image")),
+            model_spec=P.loads(str(g("model-spec", "{}"))),
+            preprocessing=P.loads(str(g("preprocessing", "{}"))),
+            local_epochs=int(g("local-epochs", 1)),
+            lr=float(g("lr", 1e-5)),
+            weight_decay=float(g("weight-decay", 0.01)),
+            batch_size=int(g("batch-size", 2)),
+            max_steps=int(g("max-steps", 0)),
+            augment=bool(g("augment", True)),
+            seed=int(g("seed", 0)),
+            val_fraction=float(g("val-fraction", 0.2)),
+            proximal_mu=float(g("proximal-mu", 0.0)),
+            fedbn=bool(g("fedbn", False)),
+            device=str(g("device", "auto")),
+            num_threads=int(g("num-threads", 0)),
+            tta=bool(g("tta", False)),
+            hist_bins=int(g("hist-bins", 1000)),
+        )
+
+
+@dataclass
+class SiteData:
+    train: Any
+    val: Any
+    cache: Any
+    skipped: list[tuple[str, str]]
+
+
+def prepare_data(site: SiteInfo, rc: RoundConfig) -> SiteData:
+    """Manifest -> split -> cached, readable images (unreadable ones are skipped and counted)."""
+    from common.data import filter_readable
+    from common.preprocess import ImageCache, PreprocessSettings
+
+    images = load_site_images(site)
+    cache = ImageCache(site.state_dir / "cache", PreprocessSettings.from_dict(rc.preprocessing))
+    images, skipped = filter_readable(images, cache)
+    if images.empty:
+        raise DataError(site.data_dir, f"none of the site's images could be read ({len(skipped)} skipped)")
+    train, val = site_subsets(site, images, rc.val_fraction, rc.seed)
+    return SiteData(train=train, val=val, cache=cache, skipped=skipped)
+
+
+def build_model(rc: RoundConfig, arrays: dict[str, np.ndarray]) -> Any:
+    """The exact global model from the spec the server sent, with the received weights (strict)."""
+    import torch
+
+    from common.models import build_model as _build
+
+    model = _build(rc.model_kind, rc.model_spec)
+    state = model.state_dict()
+    missing = sorted(set(state) - set(arrays))
+    if missing:
+        raise DataError(None, f"received model lacks {len(missing)} weight(s), e.g. {missing[0]!r}")
+    model.load_state_dict({k: torch.from_numpy(np.array(arrays[k])) for k in state}, strict=True)
+    return model
+
+
+def fedbn_path(site: SiteInfo, rc: RoundConfig) -> Path:
+    return site.state_dir / "fedbn" / f"{rc.fed_id}.pt"
+
+
+def apply_local_bn(site: SiteInfo, rc: RoundConfig, model: Any) -> None:
+    """Overwrite the global BatchNorm entries with this site's own (if it has trained before)."""
+    import torch
+
+    path = fedbn_path(site, rc)
+    if rc.fedbn and path.exists():
+        local = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(local, strict=False)
+
+
+def save_local_bn(site: SiteInfo, rc: RoundConfig, model: Any) -> None:
+    import torch
+
+    prefixes = P.batchnorm_prefixes(model)
+    bn = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if P.is_batchnorm_key(k, prefixes)}
+    path = fedbn_path(site, rc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(bn, tmp)
+    tmp.replace(path)
+
+
+def sent_arrays(model: Any, fedbn: bool) -> dict[str, np.ndarray]:
+    """Weights the site sends back: all, or (FedBN) all but BatchNorm."""
+    prefixes = P.batchnorm_prefixes(model) if fedbn else []
+    state = P.state_to_numpy(model.state_dict())
+    return {k: v for k, v in state.items() if not P.is_batchnorm_key(k, prefixes)}
+
+
+def local_train(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+    """Fine-tune the received model on the site's training patients -> (weights to send, metrics)."""
+    from common.data import WholeImageDataset
+    from common.device import select_device
+    from common.training.finetune import FineTuneConfig, finetune
+
+    t0 = time.perf_counter()
+    data = prepare_data(site, rc)
+    if data.train.empty:
+        raise DataError(site.data_dir, "no training images after the local split")
+    model = build_model(rc, arrays)
+    reference = {k: v.detach().clone() for k, v in model.state_dict().items()} if rc.proximal_mu > 0 else None
+    apply_local_bn(site, rc, model)
+    seed = rc.seed * 1000 + rc.server_round
+    dataset = WholeImageDataset(data.train, data.cache, mean=float(rc.preprocessing.get("mean", 0.0)),
+                                augment=False, seed=seed)
+    cfg = FineTuneConfig(epochs=rc.local_epochs, lr=rc.lr, weight_decay=rc.weight_decay, batch_size=rc.batch_size,
+                         proximal_mu=rc.proximal_mu, augment=rc.augment, seed=seed,
+                         max_steps=rc.max_steps or None)
+    device = select_device(site.node_config.get("device", rc.device))
+    result = finetune(model, dataset, cfg, device, reference_state=reference)
+    model.to("cpu")
+    if rc.fedbn:
+        save_local_bn(site, rc, model)
+    out = sent_arrays(model, rc.fedbn)
+    if site.fault == "nan":  # test-only: a site that diverged
+        first = next(k for k, v in out.items() if np.issubdtype(v.dtype, np.floating))
+        out[first] = out[first].copy()
+        out[first].flat[0] = np.nan
+    metrics = {
+        "num-examples": int(result["num_examples"]),
+        "train-loss": float(result["train_loss"]),
+        "train-seconds": float(time.perf_counter() - t0),
+    }
+    return out, metrics
+
+
+def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) -> dict:
+    """Score the site's validation patients with the received model -> fixed-bin histograms only."""
+    from common.data import WholeImageDataset
+    from common.device import select_device
+    from common.evaluation import predict_scores
+    from common.metrics import score_histograms
+
+    t0 = time.perf_counter()
+    data = prepare_data(site, rc)
+    if data.val.empty:
+        raise DataError(site.data_dir, "no validation images after the local split")
+    model = build_model(rc, arrays)
+    apply_local_bn(site, rc, model)
+    dataset = WholeImageDataset(data.val, data.cache, mean=float(rc.preprocessing.get("mean", 0.0)), augment=False)
+    device = select_device(site.node_config.get("device", rc.device))
+    scores = predict_scores(model, dataset, device, tta=rc.tta, batch_size=max(rc.batch_size, 4))
+    labels = data.val["label"].astype(int).to_numpy()
+    neg, pos = score_histograms(labels, np.clip(scores, 0.0, 1.0), bins=rc.hist_bins)
+    return {
+        "num-examples": int(len(labels)),
+        "num-pos": int(labels.sum()),
+        "hist-neg": [int(x) for x in neg],
+        "hist-pos": [int(x) for x in pos],
+        "eval-seconds": float(time.perf_counter() - t0),
+    }

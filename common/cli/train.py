@@ -1,0 +1,258 @@
+"""`mammo-train`: the Shen et al. pipeline (patches -> patch classifier -> whole-image classifier -> evaluation).
+
+    mammo-train run --preset cpu --data INDEXDIR --out RUNDIR [--set key=value ...]
+    mammo-train patches | train-patch | train-whole | evaluate | baseline  (one step at a time, same RUNDIR)
+    mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.checkpoint import load_checkpoint
+from common.cli import run_cli
+from common.config import load_config
+from common.data import UNLABELLED, WholeImageDataset
+from common.device import select_device
+from common.errors import ConfigError, DataError
+from common.evaluation import ensemble_scores, write_predictions_csv
+from common.index import load_index
+from common.preprocess import ImageCache, PreprocessSettings, default_cache_root
+
+log = logging.getLogger("mammo-train")
+
+
+def _load(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.preset, "train", args.set)
+    if getattr(args, "device", None):
+        config["device"] = args.device
+    if getattr(args, "quiet", False):
+        config["progress"] = False
+    return config
+
+
+def _context(args: argparse.Namespace):
+    from common.training.pipeline import open_run  # torch-heavy imports only when a command runs
+
+    return open_run(_load(args), args.data, args.out)
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    keep = {k: v for k, v in data.items() if k != "history"}
+    print(json.dumps(keep, indent=1, default=float))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from common.training.pipeline import run_pipeline
+
+    ctx = _context(args)
+    metrics = run_pipeline(ctx, pretrained=args.pretrained, resume=not args.restart)
+    if args.baseline:
+        from common.training.pipeline import step_baseline
+
+        metrics.update(step_baseline(ctx))
+        ctx.paths.metrics.write_text(json.dumps(metrics, indent=1, default=float))
+    _print_json(metrics)
+    print(f"wrote {ctx.paths.whole_model}, {ctx.paths.metrics}, {ctx.paths.roc}, {ctx.paths.predictions}")
+    return 0
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    from common.training.pipeline import step_patches
+
+    ctx = _context(args)
+    report = step_patches(ctx)
+    for split, counts in report.counts.items():
+        print(f"{split}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+    print(f"{report.images} images, {len(report.skipped)} problems{' (reused)' if report.reused else ''} "
+          f"-> {report.out_dir}")
+    for image_id, reason in report.skipped[:10]:
+        print(f"  skipped {image_id}: {reason}")
+    return 0
+
+
+def cmd_train_patch(args: argparse.Namespace) -> int:
+    from common.training.pipeline import step_train_patch
+
+    ctx = _context(args)
+    _print_json(step_train_patch(ctx, pretrained=args.pretrained,
+                                 patches_dir=Path(args.patches) if args.patches else None))
+    return 0
+
+
+def cmd_train_whole(args: argparse.Namespace) -> int:
+    from common.training.pipeline import step_train_whole
+
+    ctx = _context(args)
+    _print_json(step_train_whole(ctx, patch_model=Path(args.patch_model) if args.patch_model else None,
+                                 resume=not args.restart))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from common.training.pipeline import step_evaluate
+
+    ctx = _context(args)
+    models = [Path(m) for m in args.model] if args.model else None
+    metrics = step_evaluate(ctx, models, out_dir=Path(args.eval_out) if args.eval_out else None, split=args.split)
+    _print_json(metrics)
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from common.training.pipeline import step_baseline
+
+    ctx = _context(args)
+    _print_json(step_baseline(ctx, patch_model=Path(args.patch_model) if args.patch_model else None,
+                              split=args.split))
+    return 0
+
+
+def _dicom_files(items: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (".dcm", ".dicom", ""))
+            if not found:
+                raise DataError(path, "folder holds no DICOM files (*.dcm)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(path, "file not found")
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if bool(args.data) == bool(args.dicoms):
+        raise ConfigError("give either --data INDEXDIR or DICOM files/folders (not both)")
+    device = select_device(args.device or "auto")
+    first = load_checkpoint(args.model[0], device)
+    if first.kind != "whole_image":
+        raise DataError(args.model[0], f"expected a whole-image checkpoint, got {first.kind!r}")
+    prep = first.preprocessing
+    settings = PreprocessSettings(int(prep["height"]), int(prep["width"]), str(prep.get("mode", "paper")))
+    with tempfile.TemporaryDirectory(prefix="mammo-predict-") as tmp:
+        if args.data:
+            tables = load_index(args.data)
+            images = tables.images.copy()
+            if args.split:
+                images = tables.images_with_split()
+                images = images[images["split"] == args.split]
+            cache_root = Path(args.cache) if args.cache else default_cache_root(args.data)
+        else:
+            files = _dicom_files(args.dicoms)
+            images = pd.DataFrame({"image_id": [f.stem if f.stem not in ("1-1", "000000") else
+                                                f"{f.parent.name}_{f.stem}" for f in files],
+                                   "image_path": [str(f) for f in files]})
+            cache_root = Path(args.cache) if args.cache else Path(tmp)
+        cache = ImageCache(cache_root, settings)
+        report = cache.build(images["image_path"].astype(str).tolist(), progress=not args.quiet)
+        bad = {str(p) for p, _ in report.skipped}
+        for path, reason in report.skipped:
+            print(f"skipped {path}: {reason}")
+        images = images[~images["image_path"].astype(str).isin(bad)].reset_index(drop=True)
+        if images.empty:
+            raise DataError(None, "no readable images to score")
+        dataset = WholeImageDataset(images, cache, float(prep["mean"]), augment=False)
+        members = [first] + [load_checkpoint(m, device) for m in args.model[1:]]
+        scores = ensemble_scores(members, dataset, device, tta=args.tta, batch_size=args.batch_size,
+                                 progress=not args.quiet)
+    labels = dataset.labels()
+    out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None)
+    print(f"scored {len(scores)} images ({len(bad)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
+    if (labels != UNLABELLED).all() and len(np.unique(labels)) == 2:
+        from common.metrics import auc
+
+        print(f"AUC {auc(labels, scores):.4f}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--preset", default="cpu", help="train preset name (cpu, paper) or a TOML file")
+    if data:
+        p.add_argument("--data", required=True, help="index directory (mammo-data index + split)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value, e.g. --set whole_train.stage1.epochs=2 (repeatable)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mammo-train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the whole pipeline: patches, patch classifier, whole-image classifier, evaluation")
+    _common(p)
+    p.add_argument("--pretrained", help="local torchvision ImageNet weights for the patch trunk")
+    p.add_argument("--restart", action="store_true", help="ignore finished steps / resume state in RUNDIR")
+    p.add_argument("--baseline", action="store_true", help="also fit the two-step heatmap + random forest baseline")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("patches", help="sample the S1/S10 patch set into RUNDIR/patches")
+    _common(p)
+    p.set_defaults(func=cmd_patches)
+
+    p = sub.add_parser("train-patch", help="3-stage patch classifier -> RUNDIR/patch_model.pt")
+    _common(p)
+    p.add_argument("--pretrained", help="local torchvision ImageNet weights for the trunk")
+    p.add_argument("--patches", help="patch-set folder (default RUNDIR/patches)")
+    p.set_defaults(func=cmd_train_patch)
+
+    p = sub.add_parser("train-whole", help="convert + 2-stage whole-image training -> RUNDIR/whole_image.pt")
+    _common(p)
+    p.add_argument("--patch-model", help="patch checkpoint (default RUNDIR/patch_model.pt)")
+    p.add_argument("--restart", action="store_true", help="ignore RUNDIR/whole_state.pt (no resume)")
+    p.set_defaults(func=cmd_train_whole)
+
+    p = sub.add_parser("evaluate", help="AUC + CI, A-AUC, ROC, predictions on a split")
+    _common(p)
+    p.add_argument("--model", action="append", help="whole-image checkpoint(s); several = ensemble "
+                   "(default RUNDIR/whole_image.pt)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--eval-out", help="folder for metrics.json / roc.png / predictions.csv (default RUNDIR)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("baseline", help="two-step baseline: patch heatmap features + random forest")
+    _common(p)
+    p.add_argument("--patch-model", help="patch checkpoint (default RUNDIR/patch_model.pt)")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("predict", help="score images with a whole-image checkpoint (or an ensemble)")
+    p.add_argument("--model", action="append", required=True, help="whole-image checkpoint (repeat = ensemble)")
+    p.add_argument("--data", help="index directory")
+    p.add_argument("--split", help="only this split of --data (train|val|test)")
+    p.add_argument("dicoms", nargs="*", help="DICOM files or folders")
+    p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--tta", action="store_true", help="mean over the 4 flips (the paper's augmented prediction)")
+    p.add_argument("--cache", help="preprocessing cache root (default INDEXDIR/cache, or a temporary folder)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

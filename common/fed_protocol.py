@@ -1,0 +1,93 @@
+"""What the coordinator and the hospitals say to each other (record names, keys, encodings).
+
+Server -> site (TRAIN / EVALUATE): RecordDict {"arrays": global weights, "config": ConfigRecord}.
+Site -> server: {"arrays" (TRAIN only), "metrics": MetricRecord, "site": ConfigRecord}.
+A site that cannot do the work replies with only {"site": {"site", "status": "error", "error"}}
+so the coordinator can say *which* site failed; nothing per-image ever goes into a reply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SITE = "site"
+
+# Metric names every reply of a kind carries (identical keys across sites).
+TRAIN_METRICS = ("num-examples", "train-loss", "train-seconds")
+EVAL_METRICS = ("num-examples", "num-pos", "hist-neg", "hist-pos", "eval-seconds")
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def is_batchnorm_key(key: str, bn_prefixes: Iterable[str]) -> bool:
+    """True for a BN weight/bias/running stat (FedBN keeps these at the site)."""
+    return any(key.startswith(p + ".") for p in bn_prefixes)
+
+
+def batchnorm_prefixes(model: Any) -> list[str]:
+    """Module names of every BatchNorm layer of a torch model."""
+    import torch
+
+    return [name for name, mod in model.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def state_to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """torch state dict -> contiguous numpy arrays (CPU)."""
+    out: dict[str, np.ndarray] = {}
+    for k, v in state.items():
+        arr = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+        out[k] = np.ascontiguousarray(arr)
+    return out
+
+
+def numpy_to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> Any:
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def arrayrecord_to_numpy(record: Any) -> dict[str, np.ndarray]:
+    return {k: arr.numpy() for k, arr in record.items()}
+
+
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """Digest of weights in key order (name, dtype, shape, bytes): same weights -> same digest."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(k.encode())
+        h.update(str(a.dtype).encode())
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def recorddict_nbytes(content: Any) -> int:
+    """Bytes of a reply as Flower serialises it (all nested objects), or the array bytes as fallback."""
+    try:
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+        return int(sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values()))
+    except Exception:  # noqa: BLE001 - internal Flower API; fall back to a close estimate
+        total = 0
+        for rec in content.array_records.values():
+            total += sum(len(a.data) for a in rec.values())
+        return total
+
+
+def dumps(obj: Any) -> str:
+    """JSON for dict-valued config entries (ConfigRecord holds only scalars and lists)."""
+    return json.dumps(obj, sort_keys=True)
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)

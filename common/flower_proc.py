@@ -1,0 +1,143 @@
+"""Starting and stopping Flower's daemons (SuperLink, SuperNode) from our wrappers.
+
+Flower spawns its helpers (`flower-superexec`, `flwr-serverapp`, `flwr-clientapp`) by bare
+name through PATH, installs runtime dependencies unless told not to, and phones home for
+update checks: every child we start gets an environment that fixes all of that.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from common.errors import MammoError
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower daemons: venv first on PATH, private FLWR_HOME, no network side effects."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
+
+
+def flower_binary(name: str) -> str:
+    """Absolute path of a Flower console script from this environment."""
+    path = VENV_BIN / name
+    if not path.exists():
+        raise MammoError(f"{name} not found next to {sys.executable}; is flwr installed in this environment?")
+    return str(path)
+
+
+def _die_with_parent() -> None:
+    """Child pre-exec: get SIGTERM when the wrapper dies, even by SIGKILL (Linux only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def start_daemon(cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start a Flower daemon with output appended to `log_path` (tracebacks stay out of the console)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+    try:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        log.close()
+
+
+def stop_daemon(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM (graceful: a SuperNode deregisters itself), then SIGKILL after `grace_s`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`host:port` -> (host, port) with a one-line error on nonsense."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MammoError(f"address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
+
+
+def probe_health(address: str, insecure: bool, timeout_s: float = 2.0) -> str | None:
+    """None when the SuperLink at `address` answers /health, else a short reason."""
+    host, port = parse_address(address)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    scheme = "http" if insecure else "https"
+    url = f"{scheme}://{host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - fixed scheme
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        return getattr(reason, "strerror", None) or str(reason)
+    except (OSError, TimeoutError) as exc:
+        return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+def wait_healthy(address: str, insecure: bool, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until /health answers; fail early if the daemon `proc` died."""
+    deadline = time.monotonic() + timeout_s
+    reason = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise MammoError(f"Flower daemon exited with status {proc.returncode} before becoming healthy")
+        reason = probe_health(address, insecure) or ""
+        if not reason:
+            return
+        time.sleep(0.3)
+    raise MammoError(f"SuperLink at {address} not healthy after {timeout_s:.0f} s ({reason})")
+
+
+def toml_literal(value: str) -> str:
+    """A TOML literal string ('...'): Windows backslashes survive; refuse the one char it cannot hold."""
+    if "'" in value or "\n" in value:
+        raise MammoError(f"value {value!r} cannot contain a quote or newline")
+    return f"'{value}'"

@@ -1,0 +1,32 @@
+"""Model builders. Every model is rebuilt from a plain-dict spec (see `common.models.spec`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from common.errors import ConfigError
+from common.models.patch import PatchModel, build_patch_model, load_pretrained_trunk, stage2_modules
+from common.models.spec import PAPER_TOPS, normalize_patch_spec, normalize_whole_spec
+from common.models.whole import WholeImageModel, build_whole_model, convert_patch_to_whole
+
+MODEL_KINDS = ("patch", "whole_image")
+
+
+def build_model(kind: str, spec: dict[str, Any]) -> nn.Module:
+    """`kind` is "patch" or "whole_image"; the model carries `.spec` (normalised) and `.arch`."""
+    if kind == "patch":
+        model = build_patch_model(spec)
+        model.spec = normalize_patch_spec(spec)
+        return model
+    if kind == "whole_image":
+        return build_whole_model(spec)
+    raise ConfigError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
+
+
+__all__ = [
+    "MODEL_KINDS", "PAPER_TOPS", "PatchModel", "WholeImageModel", "build_model", "build_patch_model",
+    "build_whole_model", "convert_patch_to_whole", "load_pretrained_trunk", "normalize_patch_spec",
+    "normalize_whole_spec", "stage2_modules",
+]

@@ -1,0 +1,487 @@
+"""S1 / S10 patch sampling from annotated mammograms (Shen et al. 2019, paper-method.md §2).
+
+Rules (all sizes in pixels of the preprocessed image):
+- a patch "overlaps" a lesion when `inter / roi_area > cutoff` OR `inter / patch_area > cutoff`
+  (the either-or form makes small and large lesions both reachable);
+- positive patches: S1 = one patch centred on the ROI centroid; S<n> (n > 1) = n patches whose
+  centres are uniform inside the ROI box and which overlap the ROI at the positive cutoff (0.9),
+  relaxed x0.95 after every 100 failed tries;
+- background patches (as many per image as positives per ROI): >= 75 % breast tissue (relaxed
+  x0.95 per 100 failures) and NOT overlapping ANY lesion of the image above 0.35 (never relaxed);
+- optional hard negatives: bright blobs (scale-normalised LoG maxima) that pass the background
+  rules count towards the background quota.
+One RNG, seeded once per run, drives everything. Patch sets are written as 16-bit PNGs in class
+folders plus `patches.csv`, so a run can be inspected and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from common.errors import ConfigError, DataError, MammoError
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES: tuple[str, ...] = ("background", "calc_benign", "calc_malignant", "mass_benign", "mass_malignant")
+PATCH_CSV = "patches.csv"
+PATCH_META = "patch_set.json"
+PATCH_COLUMNS = ["path", "image_id", "patient_id", "split", "class", "class_index", "x", "y", "roi_id", "source"]
+
+
+class SamplingFailed(MammoError):
+    """No acceptable patch position was found within the try budget."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How patches are drawn from one image. `scheme` is "S1", "S10" or any "S<n>"."""
+
+    patch_size: int
+    scheme: str = "S10"
+    pos_cutoff: float = 0.9
+    neg_cutoff: float = 0.35
+    min_tissue: float = 0.75
+    blob_negatives: int = 0  # at most this many hard negatives per image (part of the background quota)
+    tissue_threshold: float = 0.05  # breast = pixels above this fraction of the image maximum
+    max_tries: int = 5000
+    relax_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 4:
+            raise ConfigError(f"patches.patch_size must be >= 4, got {self.patch_size}")
+        if not re.fullmatch(r"[sS][1-9][0-9]*", str(self.scheme)):
+            raise ConfigError(f"patches.scheme must look like S1 or S10, got {self.scheme!r}")
+        for name in ("pos_cutoff", "neg_cutoff", "min_tissue", "tissue_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"patches.{name} must be in [0, 1], got {value}")
+
+    @property
+    def per_roi(self) -> int:
+        return int(str(self.scheme)[1:])
+
+    @property
+    def background_per_image(self) -> int:
+        return self.per_roi
+
+    @property
+    def centroid_only(self) -> bool:
+        return self.per_roi == 1
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any]) -> SamplingSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(f"unknown patches option(s): {', '.join(sorted(unknown))}")
+        return cls(**section)
+
+
+@dataclass(frozen=True)
+class RoiInput:
+    """One annotated lesion of an image: its mask and its patch class."""
+
+    roi_id: str
+    mask: np.ndarray  # bool (H, W)
+    class_name: str
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """A sampled patch: centre (row y, column x) in image pixels and its class."""
+
+    class_name: str
+    y: int
+    x: int
+    roi_id: str = ""
+    source: str = "random"  # centroid | roi | random | blob
+
+
+@dataclass
+class ImageSample:
+    patches: list[PatchSpec] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def patch_class(abnormality: str, pathology: str) -> str:
+    """CBIS-DDSM vocabulary -> one of the four lesion classes."""
+    ab = str(abnormality).strip().lower()
+    kind = "calc" if ab.startswith("calc") else "mass" if ab.startswith("mass") else None
+    if kind is None:
+        raise ValueError(f"unknown abnormality type {abnormality!r} (expected mass or calcification)")
+    malignant = str(pathology).strip().upper().startswith("MALIGNANT")
+    return f"{kind}_{'malignant' if malignant else 'benign'}"
+
+
+# ---------------------------------------------------------------- geometry helpers
+
+
+class BoxSum:
+    """O(1) pixel counts of a boolean mask inside any square window (integral image)."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.shape = mask.shape
+        self.table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+        self.table[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.int64), axis=0), axis=1)
+        self.total = int(self.table[-1, -1])
+
+    def window(self, cy: int, cx: int, size: int) -> int:
+        """Mask pixels inside the size x size patch centred at (cy, cx); outside the image counts 0."""
+        r0, c0 = cy - size // 2, cx - size // 2
+        r1, c1 = r0 + size, c0 + size
+        r0, c0 = max(r0, 0), max(c0, 0)
+        r1, c1 = min(r1, self.shape[0]), min(c1, self.shape[1])
+        if r1 <= r0 or c1 <= c0:
+            return 0
+        t = self.table
+        return int(t[r1, c1] - t[r0, c1] - t[r1, c0] + t[r0, c0])
+
+
+def overlap_fractions(mask_sum: BoxSum, cy: int, cx: int, size: int) -> tuple[float, float]:
+    """(intersection / roi_area, intersection / patch_area) for a patch centred at (cy, cx)."""
+    inter = mask_sum.window(cy, cx, size)
+    roi_frac = inter / mask_sum.total if mask_sum.total else 0.0
+    return roi_frac, inter / float(size * size)
+
+
+def overlaps(mask_sum: BoxSum, cy: int, cx: int, size: int, cutoff: float) -> bool:
+    """The paper's either-or overlap test."""
+    roi_frac, patch_frac = overlap_fractions(mask_sum, cy, cx, size)
+    return roi_frac > cutoff or patch_frac > cutoff
+
+
+def breast_mask(image: np.ndarray, rel_threshold: float = 0.05) -> np.ndarray:
+    """Largest bright connected region, holes filled (the breast; drops labels and noise)."""
+    peak = float(image.max()) if image.size else 0.0
+    if peak <= 0:
+        return np.zeros(image.shape, dtype=bool)
+    fg = image > rel_threshold * peak
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return fg
+    sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
+    largest = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(largest)
+
+
+def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) inclusive bounds of the mask's largest connected component."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        raise ValueError("empty ROI mask")
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    rows, cols = np.nonzero(labels == (int(np.argmax(sizes)) + 1))
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def extract_patch(image: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
+    """size x size crop centred at (cy, cx), zero padded outside the image (the paper's margins)."""
+    out = np.zeros((size, size), dtype=image.dtype)
+    r0, c0 = cy - size // 2, cx - size // 2
+    sr0, sc0 = max(r0, 0), max(c0, 0)
+    sr1, sc1 = min(r0 + size, image.shape[0]), min(c0 + size, image.shape[1])
+    if sr1 > sr0 and sc1 > sc0:
+        out[sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = image[sr0:sr1, sc0:sc1]
+    return out
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def sample_positive_centres(
+    mask: np.ndarray, count: int, settings: SamplingSettings, rng: np.random.Generator
+) -> list[tuple[int, int, str]]:
+    """Centres of positive patches for one ROI: centroid for S1, random-with-overlap otherwise."""
+    if not mask.any():
+        raise SamplingFailed("empty ROI mask")
+    size = settings.patch_size
+    if settings.centroid_only:
+        cy, cx = ndimage.center_of_mass(mask)
+        return [(int(round(cy)), int(round(cx)), "centroid")]
+    r0, r1, c0, c1 = largest_component_box(mask)
+    mask_sum = BoxSum(mask)
+    cutoff, failures, tries = settings.pos_cutoff, 0, 0
+    centres: list[tuple[int, int, str]] = []
+    while len(centres) < count:
+        if tries >= settings.max_tries:
+            raise SamplingFailed(
+                f"only {len(centres)}/{count} positive patches after {tries} tries (cutoff relaxed to {cutoff:.3f})"
+            )
+        tries += 1
+        cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
+        if overlaps(mask_sum, cy, cx, size, cutoff):
+            centres.append((cy, cx, "roi"))
+        else:
+            failures += 1
+            if failures % settings.relax_every == 0:
+                cutoff *= 0.95
+    return centres
+
+
+def blob_centres(image: np.ndarray, breast: np.ndarray, patch_size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Bright blob candidates (scale-normalised LoG local maxima inside the breast), shuffled."""
+    img = image.astype(np.float32)
+    peak = float(img.max())
+    if peak <= 0:
+        return []
+    img /= peak
+    sigmas = [s for s in (1.5, 3.0, 6.0, 12.0) if s <= patch_size / 4] or [1.5]
+    found: list[tuple[int, int]] = []
+    for sigma in sigmas:
+        response = -(sigma**2) * ndimage.gaussian_laplace(img, sigma)
+        inside = response[breast]
+        if inside.size == 0:
+            continue
+        threshold = float(inside.mean() + 3.0 * inside.std())
+        size = int(2 * round(2 * sigma) + 1)
+        peaks = (response == ndimage.maximum_filter(response, size=size)) & (response > threshold) & breast
+        rows, cols = np.nonzero(peaks)
+        found.extend(zip(rows.tolist(), cols.tolist()))
+    order = rng.permutation(len(found))
+    return [found[i] for i in order]
+
+
+def _is_background(
+    cy: int, cx: int, settings: SamplingSettings, tissue: BoxSum, lesions: Sequence[BoxSum], min_tissue: float
+) -> bool:
+    size = settings.patch_size
+    if tissue.window(cy, cx, size) / float(size * size) < min_tissue:
+        return False
+    return not any(overlaps(m, cy, cx, size, settings.neg_cutoff) for m in lesions)
+
+
+def sample_background_centres(
+    image: np.ndarray,
+    breast: np.ndarray,
+    lesion_masks: Sequence[np.ndarray],
+    count: int,
+    settings: SamplingSettings,
+    rng: np.random.Generator,
+) -> list[tuple[int, int, str]]:
+    """Background centres: enough breast tissue, no lesion of the image above the negative cutoff."""
+    if count <= 0:
+        return []
+    if not breast.any():
+        raise SamplingFailed("no breast tissue found in the image")
+    tissue = BoxSum(breast)
+    lesions = [BoxSum(m) for m in lesion_masks if m.any()]
+    centres: list[tuple[int, int, str]] = []
+    if settings.blob_negatives > 0:
+        quota = min(settings.blob_negatives, count)
+        for cy, cx in blob_centres(image, breast, settings.patch_size, rng):
+            if len(centres) >= quota:
+                break
+            if _is_background(cy, cx, settings, tissue, lesions, settings.min_tissue):
+                centres.append((cy, cx, "blob"))
+    rows, cols = np.nonzero(breast)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    min_tissue, failures, tries = settings.min_tissue, 0, 0
+    while len(centres) < count:
+        if tries >= settings.max_tries:
+            raise SamplingFailed(f"only {len(centres)}/{count} background patches after {tries} tries")
+        tries += 1
+        cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
+        if _is_background(cy, cx, settings, tissue, lesions, min_tissue):
+            centres.append((cy, cx, "random"))
+        else:
+            failures += 1
+            if failures % settings.relax_every == 0:
+                min_tissue *= 0.95
+    return centres
+
+
+def sample_image(
+    image: np.ndarray, rois: Sequence[RoiInput], settings: SamplingSettings, rng: np.random.Generator
+) -> ImageSample:
+    """All patches of one image; a lesion that cannot be sampled is reported, not fatal."""
+    out = ImageSample()
+    for roi in rois:
+        if roi.mask.shape != image.shape:
+            out.problems.append(f"ROI {roi.roi_id}: mask shape {roi.mask.shape} != image shape {image.shape}")
+            continue
+        try:
+            for cy, cx, source in sample_positive_centres(roi.mask, settings.per_roi, settings, rng):
+                out.patches.append(PatchSpec(roi.class_name, cy, cx, roi.roi_id, source))
+        except (SamplingFailed, ValueError) as exc:
+            out.problems.append(f"ROI {roi.roi_id}: {exc}")
+    breast = breast_mask(image, settings.tissue_threshold)
+    masks = [r.mask for r in rois if r.mask.shape == image.shape]
+    try:
+        for cy, cx, source in sample_background_centres(
+            image, breast, masks, settings.background_per_image, settings, rng
+        ):
+            out.patches.append(PatchSpec("background", cy, cx, "", source))
+    except SamplingFailed as exc:
+        out.problems.append(f"background: {exc}")
+    return out
+
+
+# ---------------------------------------------------------------- patch sets on disk
+
+
+@dataclass
+class PatchSetReport:
+    out_dir: Path
+    counts: dict[str, dict[str, int]]  # split -> class -> patches
+    images: int
+    skipped: list[tuple[str, str]]  # (image_id, reason)
+    seconds: float
+    reused: bool = False
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "img"
+
+
+def write_png16(path: Path, array: np.ndarray) -> None:
+    Image.fromarray(np.ascontiguousarray(array.astype(np.uint16))).save(path)
+
+
+def read_png16(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.array(im, dtype=np.uint16)
+    except (OSError, ValueError) as exc:
+        raise DataError(path, f"cannot read patch PNG: {exc}") from None
+
+
+def _split_of_images(images: pd.DataFrame, split: pd.DataFrame | None) -> pd.Series:
+    if split is None:
+        raise DataError(None, "the index has no split.csv; run `mammo-data split` first")
+    by_patient = dict(zip(split["patient_id"].astype(str), split["split"].astype(str)))
+    return images["patient_id"].astype(str).map(by_patient)
+
+
+def _settings_signature(settings: SamplingSettings, seed: int, preprocessing: dict[str, Any], splits: Iterable[str]) -> dict:
+    return {"sampling": asdict(settings), "seed": int(seed), "preprocessing": preprocessing, "splits": sorted(splits)}
+
+
+def load_patch_set(out_dir: Path) -> pd.DataFrame:
+    """patches.csv of a finished patch set, with absolute `abs_path` added."""
+    csv = Path(out_dir) / PATCH_CSV
+    if not csv.is_file():
+        raise DataError(csv, "no patch set here (run `mammo-train patches` first)")
+    df = pd.read_csv(csv, dtype={"image_id": str, "patient_id": str, "roi_id": str}, keep_default_na=False)
+    missing = set(PATCH_COLUMNS) - set(df.columns)
+    if missing:
+        raise DataError(csv, f"missing column(s) {', '.join(sorted(missing))}")
+    df["abs_path"] = [str(Path(out_dir) / p) for p in df["path"]]
+    return df
+
+
+def build_patch_set(
+    images: pd.DataFrame,
+    rois: pd.DataFrame | None,
+    split: pd.DataFrame | None,
+    cache: Any,
+    settings: SamplingSettings,
+    out_dir: Path,
+    seed: int,
+    *,
+    splits: Sequence[str] = ("train", "val"),
+    preprocessing: dict[str, Any] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> PatchSetReport:
+    """Sample and write the patch set of the images whose patient is in `splits`.
+
+    Test patients never contribute (they are refused in `splits`). A finished set with the same
+    settings, seed and preprocessing is reused. `cache` is an ImageCache (`load`, `load_mask`).
+    """
+    if "test" in splits:
+        raise ConfigError("test patients must never contribute patches")
+    out_dir = Path(out_dir)
+    signature = _settings_signature(settings, seed, preprocessing or {}, splits)
+    meta_path = out_dir / PATCH_META
+    if meta_path.is_file() and (out_dir / PATCH_CSV).is_file() and not overwrite:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("signature") == signature:
+            log.info("reusing patch set %s", out_dir)
+            return PatchSetReport(out_dir, meta["counts"], meta["images"], [tuple(s) for s in meta["skipped"]], 0.0, True)
+        log.info("patch set %s has other settings; rebuilding", out_dir)
+    if rois is None or rois.empty:
+        raise DataError(None, "the index has no ROI annotations (rois.csv); patch sampling needs them")
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (PATCH_CSV, PATCH_META):
+        (out_dir / name).unlink(missing_ok=True)
+    for name in CLASS_NAMES:
+        (out_dir / name).mkdir(exist_ok=True)
+        for old in (out_dir / name).glob("*.png"):
+            old.unlink()
+    frame = images.copy()
+    frame["split"] = _split_of_images(frame, split)
+    skipped: list[tuple[str, str]] = []
+    no_split = frame[frame["split"].isna()]
+    skipped += [(str(i), "patient has no split") for i in no_split["image_id"]]
+    chosen = frame[frame["split"].isin(list(splits))]
+    rois_by_image = {str(k): g for k, g in rois.groupby(rois["image_id"].astype(str))}
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    class_index = {n: i for i, n in enumerate(CLASS_NAMES)}
+    iterator = tqdm(chosen.itertuples(index=False), total=len(chosen), desc="patches", disable=not progress)
+    n_images = 0
+    for rec in iterator:
+        image_id = str(rec.image_id)
+        try:
+            image = cache.load(rec.image_path)
+            roi_inputs = []
+            for roi in rois_by_image.get(image_id, pd.DataFrame()).itertuples(index=False):
+                try:
+                    cls = patch_class(roi.abnormality, roi.pathology)
+                except ValueError as exc:
+                    skipped.append((image_id, f"ROI {roi.roi_id}: {exc}"))
+                    continue
+                mask = cache.load_mask(roi.mask_path, rec.image_path)
+                roi_inputs.append(RoiInput(str(roi.roi_id), np.asarray(mask, dtype=bool), cls))
+        except MammoError as exc:
+            skipped.append((image_id, str(exc)))
+            continue
+        sample = sample_image(image, roi_inputs, settings, rng)
+        skipped += [(image_id, p) for p in sample.problems]
+        n_images += 1
+        stem = _safe_name(image_id)
+        for k, spec in enumerate(sample.patches):
+            rel = f"{spec.class_name}/{stem}_{k:03d}.png"
+            write_png16(out_dir / rel, extract_patch(image, spec.y, spec.x, settings.patch_size))
+            rows.append(
+                {
+                    "path": rel,
+                    "image_id": image_id,
+                    "patient_id": str(rec.patient_id),
+                    "split": rec.split,
+                    "class": spec.class_name,
+                    "class_index": class_index[spec.class_name],
+                    "x": spec.x,
+                    "y": spec.y,
+                    "roi_id": spec.roi_id,
+                    "source": spec.source,
+                }
+            )
+    table = pd.DataFrame(rows, columns=PATCH_COLUMNS)
+    counts = {
+        s: {c: int(((table["split"] == s) & (table["class"] == c)).sum()) for c in CLASS_NAMES} for s in splits
+    }
+    table.to_csv(out_dir / PATCH_CSV, index=False)
+    seconds = time.perf_counter() - start
+    meta = {"signature": signature, "counts": counts, "images": n_images, "skipped": skipped, "seconds": seconds,
+            "class_names": list(CLASS_NAMES)}
+    meta_path.write_text(json.dumps(meta, indent=1))  # written last: marks the set as complete
+    for image_id, reason in skipped[:20]:
+        log.warning("patches: skipped %s: %s", image_id, reason)
+    if len(skipped) > 20:
+        log.warning("patches: %d more problems listed in %s", len(skipped) - 20, meta_path)
+    return PatchSetReport(out_dir, counts, n_images, skipped, seconds)

@@ -1,0 +1,1 @@
+"""Writers that file rendered images in the on-disk layouts the adapters read."""

@@ -1,0 +1,113 @@
+"""Local fine-tuning of a whole-image model (federated sites, pooled baselines, INbreast transfer).
+
+Adam with coupled weight decay (= the paper's L2 regulariser: L2 lambda on the loss is weight_decay
+2*lambda), class-balanced per-batch sample weights, optional FedProx proximal term, AMP on CUDA,
+augmentation on whole batches on the training device.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from common.augment import AugmentSettings, BatchAugmenter
+from common.data import _CachedImages, split_augmentation
+from common.device import make_grad_scaler, seed_everything
+from common.errors import ConfigError, MammoError
+from common.training.loops import ProximalTerm, make_loader, needs_drop_last, run_epoch, trainable_parameters
+
+
+@dataclass
+class FineTuneConfig:
+    epochs: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 2
+    proximal_mu: float = 0.0
+    augment: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    max_steps: int | None = None
+    class_balance: bool = True
+    preload_max_mb: float = 1024.0  # datasets smaller than this are held in RAM
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> FineTuneConfig:
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown fine-tuning setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError(f"fine-tuning needs epochs >= 0 and batch_size >= 1 (got {self.epochs}, {self.batch_size})")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.proximal_mu >= 0):
+            raise ConfigError("fine-tuning needs lr > 0, weight_decay >= 0, proximal_mu >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _maybe_preload(dataset: Dataset, max_mb: float) -> None:
+    if isinstance(dataset, _CachedImages) and len(dataset) and dataset.preload_bytes() <= max_mb * 2**20:
+        dataset.preload()
+
+
+def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: torch.device | str,
+             reference_state: dict[str, torch.Tensor] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Train the model's trainable parameters in place; returns num_examples, train_loss, seconds (+ steps).
+
+    With `cfg.proximal_mu > 0`, adds mu/2 * ||w - w_ref||^2 over trainable params (FedProx); the
+    reference defaults to the weights at the start of this call.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    start = time.perf_counter()
+    seed_everything(cfg.seed)
+    n = len(dataset)
+    if n == 0:
+        raise MammoError("fine-tuning dataset is empty")
+    model.to(device)
+    params = trainable_parameters(model)
+    if not params:
+        raise MammoError("the model has no trainable parameters")
+    plain, augmenter = split_augmentation(dataset, seed=cfg.seed)
+    if not cfg.augment:
+        augmenter = None
+    elif augmenter is None and not getattr(dataset, "augment", False):
+        augmenter = BatchAugmenter(cfg.seed, AugmentSettings())
+    _maybe_preload(plain, cfg.preload_max_mb)
+    proximal = None
+    if cfg.proximal_mu > 0:
+        ref = reference_state if reference_state is not None else {k: v.detach().clone()
+                                                                  for k, v in model.named_parameters()}
+        proximal = ProximalTerm(model, ref, cfg.proximal_mu)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = make_grad_scaler(device)
+    loader = make_loader(plain, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
+                         device=device, drop_last=needs_drop_last(model, n, cfg.batch_size))
+    total, seen, steps = 0.0, 0, 0
+    for epoch in range(cfg.epochs):
+        left = None if cfg.max_steps is None else cfg.max_steps - steps
+        if left is not None and left <= 0:
+            break
+        stats = run_epoch(model, loader, optimizer, device, scaler=scaler, augmenter=augmenter,
+                          class_balance=cfg.class_balance, proximal=proximal, max_steps=left, progress=progress,
+                          desc=f"fine-tune {epoch + 1}/{cfg.epochs}")
+        if stats.examples:
+            total += stats.loss * stats.examples
+        seen += stats.examples
+        steps += stats.steps
+    model.eval()
+    return {"num_examples": n, "train_loss": total / seen if seen else math.nan,
+            "seconds": time.perf_counter() - start, "steps": steps, "examples_seen": seen}

@@ -1,0 +1,173 @@
+"""Shared training-loop pieces: class-balanced loss, freezing per stage, an epoch runner (AMP on CUDA).
+
+Frozen BatchNorm: while a BN layer's parameters are frozen it is kept in eval mode (running
+statistics, not batch statistics). With batch 2 whole images, batch statistics of a frozen
+pretrained trunk would be noisy and would silently change the "frozen" trunk's running averages.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from common.device import autocast
+from common.errors import ConfigError, MammoError
+from common.models.patch import PatchModel, stage2_modules
+from common.models.whole import WholeImageModel
+
+PATCH_STAGES = ("head", "top", "all")
+WHOLE_STAGES = ("head", "top", "all")
+
+
+def class_balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """w_i = 1 / (fraction of the batch with class y_i): every class present counts equally."""
+    counts = torch.bincount(labels)
+    return labels.numel() / counts[labels].to(torch.float32)
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, class_balance: bool = True) -> torch.Tensor:
+    """Cross-entropy with per-batch class-balancing sample weights, normalised by the weight sum
+    (= mean over the classes present of each class's mean loss; scale independent of the batch mix)."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    if not class_balance:
+        return ce.mean()
+    w = class_balanced_weights(labels)
+    return (w * ce).sum() / w.sum()
+
+
+def _modules_for_stage(model: nn.Module, stage: str) -> list[nn.Module]:
+    if isinstance(model, PatchModel):
+        if stage not in PATCH_STAGES:
+            raise ConfigError(f"unknown patch training stage {stage!r}; known: {', '.join(PATCH_STAGES)}")
+        return {"head": [model.fc], "top": stage2_modules(model), "all": [model]}[stage]
+    if isinstance(model, WholeImageModel):
+        if stage not in WHOLE_STAGES:
+            raise ConfigError(f"unknown whole-image training stage {stage!r}; known: {', '.join(WHOLE_STAGES)}")
+        return {"head": [model.head], "top": [model.top, model.head], "all": [model]}[stage]
+    if stage != "all":
+        raise ConfigError(f"stage {stage!r} needs a PatchModel or WholeImageModel")
+    return [model]
+
+
+def set_trainable(model: nn.Module, stage: str) -> int:
+    """Freeze everything but the modules of `stage`; returns the number of trainable parameters.
+
+    Patch model: "head" = dense layer (stage 1), "top" = the paper's top layers + head (stage 2),
+    "all" (stage 3). Whole-image model: "top" = new top blocks + head (stage 1), "all" (stage 2),
+    "head" = dense layer only.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in _modules_for_stage(model, stage):
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except BatchNorm layers whose parameters are all frozen stay in eval mode."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+class ProximalTerm:
+    """FedProx: mu/2 * sum ||w - w_ref||^2 over the trainable parameters."""
+
+    def __init__(self, model: nn.Module, reference_state: dict[str, torch.Tensor], mu: float) -> None:
+        self.mu = float(mu)
+        self.pairs: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name not in reference_state:
+                raise MammoError(f"FedProx reference state lacks parameter {name!r}")
+            ref = reference_state[name]
+            if tuple(ref.shape) != tuple(p.shape):
+                raise MammoError(f"FedProx reference {name!r} has shape {tuple(ref.shape)}, model {tuple(p.shape)}")
+            self.pairs.append((p, ref.detach().to(device=p.device, dtype=p.dtype)))
+
+    def __call__(self) -> torch.Tensor:
+        total = sum(((p - ref) ** 2).sum() for p, ref in self.pairs)
+        return 0.5 * self.mu * total
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                device: torch.device | None = None, drop_last: bool = False) -> DataLoader:
+    """A seeded DataLoader (same order for the same seed)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(int(seed)), drop_last=drop_last,
+                      pin_memory=bool(device is not None and device.type == "cuda"),
+                      persistent_workers=num_workers > 0)
+
+
+def needs_drop_last(model: nn.Module, n: int, batch_size: int) -> bool:
+    """BatchNorm1d (heatmap+FC top) cannot train on a last batch of one sample."""
+    has_bn1d = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    return has_bn1d and n > batch_size and n % batch_size == 1
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    examples: int
+    steps: int
+    seconds: float
+
+
+def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device, *,
+              scaler: torch.amp.GradScaler | None = None, augmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              class_balance: bool = True, proximal: ProximalTerm | None = None, max_steps: int | None = None,
+              progress: bool = False, desc: str = "train") -> EpochStats:
+    """One pass over `loader`: (augment on device) -> forward under autocast -> balanced CE (+ prox) -> step."""
+    train_mode(model)
+    start = time.perf_counter()
+    total_loss, examples, steps = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    for x, y in bar:
+        if max_steps is not None and steps >= max_steps:
+            break
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if augmenter is not None:
+            with torch.no_grad():
+                x = augmenter(x)
+        with autocast(device):
+            logits = model(x)
+        loss = balanced_cross_entropy(logits, y, class_balance)
+        if proximal is not None and proximal.mu > 0:
+            loss = loss + proximal()
+        if not torch.isfinite(loss) and (scaler is None or not scaler.is_enabled()):
+            raise MammoError(f"training diverged: loss is {loss.item()} at step {steps + 1} (lower the learning rate)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        value = float(loss.detach())
+        total_loss += value * y.numel()
+        examples += y.numel()
+        steps += 1
+        if progress:
+            bar.set_postfix(loss=f"{value:.4f}")
+    bar.close()
+    mean = total_loss / examples if examples else math.nan
+    return EpochStats(loss=mean, examples=examples, steps=steps, seconds=time.perf_counter() - start)

@@ -1,0 +1,17 @@
+"""The Flower ServerApp (Message API). Heavy imports stay inside `main` (simulation imports this module)."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from server.federation import run_federation
+    from server.settings import FederationSettings
+
+    settings = FederationSettings.from_run_config(dict(context.run_config))
+    run_federation(grid, settings, run_id=int(context.run_id))

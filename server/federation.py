@@ -1,0 +1,268 @@
+"""The coordinator's round loop (runs inside the ServerApp process).
+
+Per round: wait (bounded) for `min-sites` sites -> send the global model for local fine-tuning ->
+screen replies (errors, NaN/Inf, wrong keys/shapes; the site is named) -> aggregate with the
+configured strategy -> federated evaluation of the new global model (pooled histograms) ->
+checkpoint, metrics, strategy state, then the resume marker. A round with too few valid
+updates is retried; a run that cannot make progress fails with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common import fed_protocol as P
+from common.errors import ConfigError, MammoError
+from server.evaluation import check_bins, summarize
+from server.exchange import Collected, exchange, online_nodes, wait_for_sites
+from server.global_model import GlobalModel
+from server.rundir import RunDir
+from server.settings import FederationSettings
+from server.strategy import aggregate, build_strategy, load_strategy_state, proximal_mu, save_strategy_state
+from server.validate import Rejected, Screened, expected_specs, screen
+
+LOG = logging.getLogger("mammo.server")
+
+
+def _log(msg: str, *args: Any) -> None:
+    """Into Flower's run log (`flwr log`, RUNDIR/flower.log) as well as Python logging."""
+    try:
+        from flwr.common.logger import log
+
+        log(logging.INFO, msg, *args)
+    except ImportError:  # pragma: no cover
+        LOG.info(msg, *args)
+
+
+@dataclass
+class Context:
+    grid: Any
+    settings: FederationSettings
+    rundir: RunDir
+    run_id: int
+    model: GlobalModel
+    strategy: Any
+    fed_id: str
+
+
+def federation_id(out_dir: str) -> str:
+    """Stable across --resume (new Flower run id): sites key their FedBN state on it."""
+    return hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def run_federation(grid: Any, settings: FederationSettings, run_id: int) -> None:
+    if not settings.out_dir:
+        raise ConfigError("run config out-dir is empty: the coordinator needs a run folder")
+    rundir = RunDir(settings.out_dir)
+    try:
+        _run(grid, settings, rundir, run_id)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, MammoError) else f"{type(exc).__name__}: {exc}"
+        rundir.event("failed", reason=reason)
+        rundir.set_status("failed", reason=reason, run_id=run_id)
+        raise
+
+
+def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
+    strategy = build_strategy(s)
+    state = rundir.load_state() if s.resume else None
+    rows: list[dict[str, Any]] = []
+    if state is not None:
+        if state.get("strategy") != s.strategy:
+            raise ConfigError(f"cannot resume a {state.get('strategy')} run with strategy {s.strategy}")
+        model = GlobalModel.from_checkpoint(rundir.root / state["checkpoint"])
+        restored = load_strategy_state(strategy, rundir.strategy_file)
+        done = int(state["completed_round"])
+        rows = [r for r in rundir.load_rows() if r["round"] <= done]
+        rundir.event("resumed", completed_round=done, strategy_arrays=restored, run_id=run_id)
+        _log("Resuming after round %d (%d strategy arrays restored)", done, restored)
+        first = done + 1
+    else:
+        if not s.initial_model:
+            raise ConfigError("run config initial-model is empty: pass the whole-image checkpoint (--model)")
+        model = GlobalModel.from_checkpoint(s.initial_model)
+        for stale in (rundir.state_file, rundir.metrics_json):
+            stale.unlink(missing_ok=True)
+        first = 1
+    ctx = Context(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
+    rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
+    rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
+                 min_sites=s.min_sites, weights=len(model.arrays))
+    if first == 1 and s.evaluate_initial and not rows:
+        rows.append(_evaluation_row(ctx, 0, _evaluate(ctx, 0)))
+        rundir.write_rows(rows)
+        rundir.event("round_end", **rows[-1])
+    for rnd in range(first, s.num_server_rounds + 1):
+        row = _train_round(ctx, rnd)
+        rows.append(row)
+        provenance = {"federation": {"round": rnd, "strategy": s.strategy, "fedbn": s.fedbn,
+                                     "sites": row["sites"], "run_id": run_id}}
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        model.save(rundir.round_checkpoint(rnd), provenance, metrics)
+        save_strategy_state(strategy, rundir.strategy_file)
+        rundir.write_rows(rows)
+        rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": run_id})
+        rundir.event("round_end", **row)
+    last = s.num_server_rounds
+    shutil.copy2(rundir.round_checkpoint(last), rundir.final)
+    rundir.set_status("completed", run_id=run_id, rounds=last, final=str(rundir.final))
+    rundir.event("done", rounds=last)
+    _log("Federation finished: %d rounds, final model %s", last, rundir.final)
+
+
+def _config(ctx: Context, rnd: int) -> Any:
+    from flwr.app import ConfigRecord
+
+    s = ctx.settings
+    return ConfigRecord(
+        {
+            "server-round": rnd,
+            "fed-id": ctx.fed_id,
+            "model-kind": ctx.model.kind,
+            "model-spec": P.dumps(ctx.model.model_spec),
+            "preprocessing": P.dumps(ctx.model.preprocessing),
+            "local-epochs": s.local_epochs,
+            "lr": s.lr,
+            "weight-decay": s.weight_decay,
+            "batch-size": s.batch_size,
+            "max-steps": s.max_steps,
+            "augment": s.augment,
+            "seed": s.seed,
+            "val-fraction": s.val_fraction,
+            "proximal-mu": proximal_mu(s),
+            "fedbn": s.fedbn,
+            "device": s.device,
+            "num-threads": s.num_threads,
+            "tta": s.tta,
+            "hist-bins": s.hist_bins,
+        }
+    )
+
+
+def _content(ctx: Context, rnd: int) -> Any:
+    from flwr.app import RecordDict
+
+    return RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(ctx.model.arrays), P.CONFIG: _config(ctx, rnd)})
+
+
+def _report_missing(ctx: Context, rnd: int, kind: str, col: Collected) -> None:
+    for node in col.timed_out:
+        ctx.rundir.event("site_missing", round=rnd, kind=kind, node=node, reason="no reply before round-timeout")
+    for node in col.left:
+        ctx.rundir.event("site_missing", round=rnd, kind=kind, node=node, reason="site disconnected")
+
+
+def _report_rejected(ctx: Context, rnd: int, kind: str, rejected: list[Rejected]) -> None:
+    for rej in rejected:
+        ctx.rundir.event("site_rejected", round=rnd, kind=kind, site=rej.site, node=rej.node, reason=rej.reason)
+        _log("Round %d %s: rejected %s: %s", rnd, kind, rej.site, rej.reason)
+
+
+def _train_round(ctx: Context, rnd: int) -> dict[str, Any]:
+    from flwr.app import MessageType
+
+    s = ctx.settings
+    expected = expected_specs(ctx.model.arrays, ctx.model.exchanged_keys(s.fedbn))
+    t0 = time.monotonic()
+    for attempt in range(s.round_retries + 1):
+        nodes = wait_for_sites(
+            ctx.grid, s.min_sites, s.site_wait_timeout,
+            on_wait=lambda n: ctx.rundir.event("waiting", round=rnd, connected=n, need=s.min_sites),
+        )
+        ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt)
+        _log("Round %d: training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
+        content = _content(ctx, rnd)
+        col = exchange(ctx.grid, nodes, MessageType.TRAIN, content, str(rnd), s.round_timeout)
+        _report_missing(ctx, rnd, "train", col)
+        accepted, rejected = screen(col.replies, True, expected)
+        accepted, dup = _dedupe_sites(accepted)
+        _report_rejected(ctx, rnd, "train", rejected + dup)
+        if len(accepted) >= s.min_sites:
+            break
+        ctx.rundir.event("round_retry", round=rnd, valid=len(accepted), need=s.min_sites, attempt=attempt)
+    else:
+        raise MammoError(
+            f"round {rnd}: only {len(accepted)} valid site update(s), {s.min_sites} required, "
+            f"after {s.round_retries + 1} attempt(s)"
+        )
+    train_seconds = col.seconds
+    ctx.model.arrays = aggregate(ctx.strategy, rnd, ctx.model.arrays, accepted)
+    max_site = max(float(r.metrics["train-seconds"]) for r in accepted)
+    total = sum(int(r.metrics["num-examples"]) for r in accepted)
+    loss = sum(float(r.metrics["train-loss"]) * int(r.metrics["num-examples"]) for r in accepted) / total
+    bytes_out = P.recorddict_nbytes(content)
+    bytes_in = [P.recorddict_nbytes(col.replies[r.node].content) for r in accepted]
+    evaluation = _evaluate(ctx, rnd)
+    row = _evaluation_row(ctx, rnd, evaluation)
+    row.update(
+        sites=len(accepted),
+        train_loss=loss,
+        round_seconds=time.monotonic() - t0,
+        max_site_train_seconds=max_site,
+        overhead_seconds=train_seconds - max_site,
+        bytes_to_each_site=bytes_out,
+        bytes_from_sites=int(sum(bytes_in)),
+        rejected=len(rejected) + len(dup),
+        site_names=",".join(sorted(r.site for r in accepted)),
+    )
+    return row
+
+
+def _dedupe_sites(accepted: list[Screened]) -> tuple[list[Screened], list[Rejected]]:
+    """Two nodes claiming one site name: keep the first, reject the other (names key the metrics)."""
+    seen: set[str] = set()
+    keep, dup = [], []
+    for rep in accepted:
+        if rep.site in seen:
+            dup.append(Rejected(rep.node, rep.site, "another node already answered as this site"))
+        else:
+            seen.add(rep.site)
+            keep.append(rep)
+    return keep, dup
+
+
+def _evaluate(ctx: Context, rnd: int) -> tuple[list[Screened], Any]:
+    from flwr.app import MessageType
+
+    s = ctx.settings
+    nodes = online_nodes(ctx.grid)
+    if not nodes:
+        return [], summarize([], s.hist_bins, s.threshold)
+    col = exchange(ctx.grid, nodes, MessageType.EVALUATE, _content(ctx, rnd), f"eval-{rnd}", s.round_timeout)
+    _report_missing(ctx, rnd, "evaluate", col)
+    accepted, rejected = screen(col.replies, False, None)
+    accepted, dup = _dedupe_sites(accepted)
+    accepted, bad_bins = check_bins(accepted, s.hist_bins)
+    rejected = rejected + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
+    _report_rejected(ctx, rnd, "evaluate", rejected)
+    return accepted, summarize(accepted, s.hist_bins, s.threshold)
+
+
+def _evaluation_row(ctx: Context, rnd: int, evaluation: tuple[list[Screened], Any]) -> dict[str, Any]:
+    accepted, summary = evaluation
+    row: dict[str, Any] = {
+        "round": rnd,
+        "pooled_auc": summary.pooled_auc,
+        "sites": len(accepted),
+        "eval_sites": len(accepted),
+        "sens": summary.sens,
+        "spec": summary.spec,
+        "threshold": ctx.settings.threshold,
+        "n_pos": summary.n_pos,
+        "n_neg": summary.n_neg,
+    }
+    for site, value in sorted(summary.site_auc.items()):
+        row[f"auc_{site}"] = value
+    _log(
+        "Round %d: pooled AUC %s over %d site(s) (%d pos / %d neg)",
+        rnd, "nan" if math.isnan(summary.pooled_auc) else f"{summary.pooled_auc:.4f}",
+        len(accepted), summary.n_pos, summary.n_neg,
+    )
+    return row

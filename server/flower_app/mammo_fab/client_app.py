@@ -1,0 +1,5 @@
+"""ClientApp component of the FAB: the site's installed `client.app`."""
+
+from client.app import app
+
+__all__ = ["app"]

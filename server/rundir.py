@@ -1,0 +1,151 @@
+"""The run folder (RUNDIR): per-round checkpoints, metrics table/CSV/JSON, AUC plot, resume state.
+
+Write order per round = commit protocol: checkpoint (atomic) -> strategy state -> metrics ->
+`state.json` last. A server killed at any point resumes from the last round whose state.json
+was written, so no round is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common.errors import MammoError
+
+BASE_COLUMNS = [
+    "round", "pooled_auc", "sites", "eval_sites", "sens", "spec", "threshold", "n_pos", "n_neg", "train_loss",
+    "round_seconds", "max_site_train_seconds", "overhead_seconds", "bytes_to_each_site", "bytes_from_sites",
+    "rejected", "site_names",
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunDir:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # paths
+    def round_checkpoint(self, rnd: int) -> Path:
+        return self.root / f"round_{rnd:03d}.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.pt"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def strategy_file(self) -> Path:
+        return self.root / "strategy_state.npz"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "auc_per_round.png"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.jsonl"
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    # events (mammo-server tails this to print its table)
+    def event(self, kind: str, **fields: Any) -> None:
+        line = json.dumps(_json_safe({"time": time.time(), "event": kind, **fields}), sort_keys=True)
+        with open(self.events, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        atomic_write_text(self.status_file, json.dumps(_json_safe({"status": status, **fields}), indent=1))
+
+    # metrics
+    def load_rows(self) -> list[dict[str, Any]]:
+        if not self.metrics_json.exists():
+            return []
+        return json.loads(self.metrics_json.read_text())
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        atomic_write_text(self.metrics_json, json.dumps(_json_safe(rows), indent=1))
+        site_cols = sorted({k for r in rows for k in r if k not in BASE_COLUMNS})
+        columns = BASE_COLUMNS + site_cols
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.csv.", dir=self.root)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({k: ("" if v is None else v) for k, v in _json_safe(r).items() if k in columns})
+        os.replace(tmp, self.metrics_csv)
+        self._plot(rows)
+
+    def _plot(self, rows: list[dict[str, Any]]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        try:
+            rounds = [r["round"] for r in rows]
+            ax.plot(rounds, [_nan(r.get("pooled_auc")) for r in rows], "o-", lw=2, label="pooled")
+            for col in sorted({k for r in rows for k in r if k.startswith("auc_")}):
+                ax.plot(rounds, [_nan(r.get(col)) for r in rows], ".--", lw=1, label=col[4:])
+            ax.set_xlabel("round")
+            ax.set_ylabel("validation AUC")
+            ax.set_ylim(0.0, 1.0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(self.plot)
+        finally:
+            plt.close(fig)
+
+    # resume state
+    def commit_round(self, rnd: int, extra: dict[str, Any]) -> None:
+        state = {"completed_round": rnd, "checkpoint": self.round_checkpoint(rnd).name, **extra}
+        atomic_write_text(self.state_file, json.dumps(_json_safe(state), indent=1))
+
+    def load_state(self) -> dict[str, Any] | None:
+        if not self.state_file.exists():
+            return None
+        try:
+            return json.loads(self.state_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise MammoError(f"{self.state_file}: corrupt resume state ({exc.msg})") from None
+
+
+def _nan(v: Any) -> float:
+    return math.nan if v is None else float(v)

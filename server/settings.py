@@ -1,0 +1,107 @@
+"""Federation settings: one typed object built from Flower's run config (every key has a default).
+
+The same keys appear in common/presets/federation.toml (what `mammo-server` sends) and in
+server/flower_app/pyproject.toml [tool.flwr.app.config] (what `flwr run` accepts); a test keeps
+the three in step. Simulation passes an empty run config, hence the defaults here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from common.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    out_dir: str = ""
+    initial_model: str = ""
+    num_server_rounds: int = 3
+    min_sites: int = 2
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01  # used by fedprox only
+    fedbn: bool = False
+    # local fine-tuning (paper: Adam, lr 1e-5, weight decay 0.01)
+    local_epochs: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 2
+    max_steps: int = 0  # 0 = whole epochs
+    augment: bool = True
+    seed: int = 0
+    val_fraction: float = 0.2
+    device: str = "auto"
+    num_threads: int = 0  # 0 = torch default
+    tta: bool = False
+    # server-side optimiser (fedadam / fedyogi)
+    eta: float = 1e-4
+    eta_l: float = 1e-5
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-9
+    # robustness
+    round_timeout: float = 3600.0
+    site_wait_timeout: float = 600.0
+    round_retries: int = 2
+    # evaluation
+    hist_bins: int = 1000
+    threshold: float = 0.5
+    evaluate_initial: bool = True
+    resume: bool = False
+    # simulation: site folders are the sorted subfolders of sites-dir
+    sites_dir: str = ""
+
+    @staticmethod
+    def key_of(field_name: str) -> str:
+        return field_name.replace("_", "-")
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> FederationSettings:
+        """Typed settings from a Flower run config; unknown keys are ignored (other apps' keys)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key_of(f.name)
+            if key not in run_config:
+                continue
+            values[f.name] = _coerce(key, run_config[key], f.default)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {self.key_of(k): v for k, v in asdict(self).items()}
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy {self.strategy!r} unknown; choose one of {', '.join(STRATEGIES)}")
+        if self.num_server_rounds < 1:
+            raise ConfigError("num-server-rounds must be >= 1")
+        if self.min_sites < 1:
+            raise ConfigError("min-sites must be >= 1")
+        if self.hist_bins < 10:
+            raise ConfigError("hist-bins must be >= 10")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError("val-fraction must be in (0, 1)")
+        if self.round_timeout <= 0 or self.site_wait_timeout <= 0:
+            raise ConfigError("round-timeout and site-wait-timeout must be > 0 (Flower would wait forever)")
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Flower run-config values are TOML scalars; make ints/floats/bools match the field type."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"run config {key}={value!r}: expected {type(default).__name__}") from None

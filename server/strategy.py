@@ -1,0 +1,111 @@
+"""Aggregation: Flower's FedAvg / FedProx / FedAdam / FedYogi on screened replies, plus FedBN.
+
+We run our own round loop (bounded waits, screening, checkpoints) and use the Flower strategy
+object only for what it is good at: `aggregate_train`. Floating-point weights go through the
+strategy; integer buffers (BatchNorm's `num_batches_tracked`) get a rounded weighted mean.
+With FedBN the sites do not send BatchNorm weights/statistics, so the global model keeps its
+own and only the rest is aggregated. FedOpt moments (m_t, v_t) are saved in the run folder so
+`--resume` continues with the same optimiser state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import fed_protocol as P
+from server.settings import FederationSettings
+from server.validate import Screened
+
+
+def build_strategy(s: FederationSettings) -> Any:
+    from flwr.serverapp import strategy as fs
+
+    common = dict(
+        fraction_train=1.0,
+        fraction_evaluate=1.0,
+        min_train_nodes=s.min_sites,
+        min_evaluate_nodes=s.min_sites,
+        min_available_nodes=s.min_sites,
+    )
+    if s.strategy == "fedavg":
+        return fs.FedAvg(**common)
+    if s.strategy == "fedprox":
+        return fs.FedProx(proximal_mu=s.proximal_mu, **common)
+    opt = dict(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
+    if s.strategy == "fedadam":
+        return fs.FedAdam(**common, **opt)
+    return fs.FedYogi(**common, **opt)
+
+
+def proximal_mu(s: FederationSettings) -> float:
+    """The mu the sites must use (FedProx only sends it; the site adds the term to its loss)."""
+    return float(s.proximal_mu) if s.strategy == "fedprox" else 0.0
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def aggregate(
+    strategy: Any, server_round: int, global_arrays: dict[str, np.ndarray], accepted: list[Screened]
+) -> dict[str, np.ndarray]:
+    """New global weights from the accepted replies (keys the sites did not send stay as they are)."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    sent_keys = sorted(accepted[0].arrays or {})
+    float_keys = [k for k in sent_keys if _is_float(global_arrays[k])]
+    int_keys = [k for k in sent_keys if not _is_float(global_arrays[k])]
+    messages = []
+    for rep in accepted:
+        arrays = {k: rep.arrays[k] for k in float_keys}
+        content = RecordDict(
+            {
+                P.ARRAYS: P.numpy_to_arrayrecord(arrays),
+                P.METRICS: MetricRecord({"num-examples": int(rep.metrics["num-examples"])}),
+            }
+        )
+        messages.append(Message(content, 0, "train"))
+    if hasattr(strategy, "current_arrays"):  # FedOpt: what its configure_train would have set
+        strategy.current_arrays = {k: global_arrays[k] for k in float_keys}
+    new_record, _metrics = strategy.aggregate_train(server_round, messages)
+    if new_record is None:
+        raise RuntimeError("strategy returned no aggregate")
+    new = dict(global_arrays)
+    for k, v in P.arrayrecord_to_numpy(new_record).items():
+        new[k] = np.asarray(v, dtype=global_arrays[k].dtype).reshape(global_arrays[k].shape)
+    weights = np.array([rep.metrics["num-examples"] for rep in accepted], dtype=np.float64)
+    weights /= weights.sum()
+    for k in int_keys:
+        mean = sum(w * rep.arrays[k].astype(np.float64) for w, rep in zip(weights, accepted, strict=True))
+        new[k] = np.rint(mean).astype(global_arrays[k].dtype)
+    return new
+
+
+def save_strategy_state(strategy: Any, path: Path) -> None:
+    """FedOpt moments (m_t, v_t) -> npz; other strategies are stateless between rounds."""
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("m_t", "v_t"):
+        moments = getattr(strategy, name, None)
+        for k, v in (moments or {}).items():
+            arrays[f"{name}/{k}"] = np.asarray(v)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_strategy_state(strategy: Any, path: Path) -> int:
+    """Restore FedOpt moments; returns how many arrays were restored."""
+    if not path.exists():
+        return 0
+    with np.load(path) as data:
+        restored: dict[str, dict[str, np.ndarray]] = {}
+        for key in data.files:
+            name, _, k = key.partition("/")
+            restored.setdefault(name, {})[k] = data[key]
+    for name, moments in restored.items():
+        if hasattr(strategy, name):
+            setattr(strategy, name, moments)
+    return sum(len(m) for m in restored.values())

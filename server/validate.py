@@ -1,0 +1,119 @@
+"""Screening site replies before anything is aggregated.
+
+A reply is rejected (with the site named) when it is an error, lacks the expected records or
+metric names, or carries weights with missing/unexpected keys, wrong shapes or dtypes, or
+NaN/Inf values. Only accepted replies reach the strategy, so Flower's consistency check
+(InconsistentMessageReplies, which would kill the run) never sees a bad one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common import fed_protocol as P
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class Screened:
+    node: int
+    site: str
+    arrays: dict[str, np.ndarray] | None  # TRAIN replies only
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Rejected:
+    node: int
+    site: str
+    reason: str
+
+
+def expected_specs(arrays: dict[str, np.ndarray], keys: list[str]) -> dict[str, ArraySpec]:
+    return {k: ArraySpec(tuple(arrays[k].shape), str(arrays[k].dtype)) for k in keys}
+
+
+def site_of(reply: Any, node: int) -> str:
+    """The site name a reply declares, else `node-<id>` (e.g. for Flower-level errors)."""
+    if not reply.has_error() and P.SITE in reply.content.config_records:
+        name = reply.content.config_records[P.SITE].get("site")
+        if isinstance(name, str) and name:
+            return name
+    return f"node-{node}"
+
+
+def check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, ArraySpec]) -> str | None:
+    """Reason the weights are unacceptable, or None."""
+    missing = sorted(set(expected) - set(arrays))
+    if missing:
+        return f"missing {len(missing)} weight(s), e.g. {missing[0]!r}"
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        return f"unexpected {len(extra)} weight(s), e.g. {extra[0]!r}"
+    for key, spec in expected.items():
+        arr = arrays[key]
+        if tuple(arr.shape) != spec.shape:
+            return f"weight {key!r} has shape {tuple(arr.shape)}, expected {spec.shape}"
+        if str(arr.dtype) != spec.dtype:
+            return f"weight {key!r} has dtype {arr.dtype}, expected {spec.dtype}"
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            return f"weight {key!r} has {bad} NaN/Inf value(s)"
+    return None
+
+
+def check_metrics(metrics: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    if set(metrics) != set(names):
+        return f"metric names {sorted(metrics)} differ from the expected {sorted(names)}"
+    n = metrics.get("num-examples")
+    if not isinstance(n, int) or n <= 0:
+        return f"num-examples must be a positive integer, got {n!r}"
+    for k, v in metrics.items():
+        values = v if isinstance(v, list) else [v]
+        if not all(np.isfinite(float(x)) for x in values):
+            return f"metric {k!r} is NaN/Inf"
+    return None
+
+
+def screen(
+    replies: dict[int, Any], is_train: bool, expected: dict[str, ArraySpec] | None
+) -> tuple[list[Screened], list[Rejected]]:
+    """Split replies into accepted (decoded) and rejected (with a one-line reason)."""
+    accepted: list[Screened] = []
+    rejected: list[Rejected] = []
+    names = P.TRAIN_METRICS if is_train else P.EVAL_METRICS
+    for node, reply in sorted(replies.items()):
+        site = site_of(reply, node)
+        if reply.has_error():
+            rejected.append(Rejected(node, site, f"Flower error: {reply.error.reason.strip().splitlines()[-1]}"))
+            continue
+        content = reply.content
+        site_rec = content.config_records.get(P.SITE)
+        if site_rec is not None and site_rec.get("status") == P.STATUS_ERROR:
+            rejected.append(Rejected(node, site, f"site error: {site_rec.get('error', '?')}"))
+            continue
+        if P.METRICS not in content.metric_records:
+            rejected.append(Rejected(node, site, "reply has no metrics"))
+            continue
+        metrics = dict(content.metric_records[P.METRICS])
+        reason = check_metrics(metrics, names)
+        arrays = None
+        if reason is None and is_train:
+            if P.ARRAYS not in content.array_records:
+                reason = "reply has no weights"
+            else:
+                arrays = P.arrayrecord_to_numpy(content.array_records[P.ARRAYS])
+                reason = check_arrays(arrays, expected or {})
+        if reason is not None:
+            rejected.append(Rejected(node, site, reason))
+        else:
+            accepted.append(Screened(node, site, arrays, metrics))
+    return accepted, rejected

@@ -1,0 +1,157 @@
+"""Result files of a transfer-curve experiment: the long CSV, the Table-4-like summary, run.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.errors import DataError
+
+# The required columns first (the public schema), then extras that make rows traceable.
+RESULT_COLUMNS = ["patients", "method", "k_sites", "seed", "auc"]
+EXTRA_COLUMNS = ["site", "images", "val_images", "seconds", "status"]
+METHODS = ("none", "pooled", "federated", "local")
+
+
+def result_row(
+    patients: int,
+    method: str,
+    k_sites: int,
+    seed: int,
+    auc: float,
+    *,
+    site: str = "",
+    images: int = 0,
+    val_images: int = 0,
+    seconds: float = 0.0,
+    status: str = "ok",
+) -> dict[str, Any]:
+    return {
+        "patients": int(patients), "method": method, "k_sites": int(k_sites), "seed": int(seed),
+        "auc": float(auc), "site": site, "images": int(images), "val_images": int(val_images),
+        "seconds": round(float(seconds), 2), "status": status,
+    }
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows as soon as a job ends, so an interrupted run keeps what it finished."""
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS + EXTRA_COLUMNS)
+    frame.to_csv(path, mode="a", header=not path.exists() or path.stat().st_size == 0, index=False)
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"site": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(path, f"cannot read results: {exc}") from None
+    missing = set(RESULT_COLUMNS) - set(frame.columns)
+    if missing:
+        raise DataError(path, f"results lack column(s) {sorted(missing)}")
+    frame["site"] = frame["site"].fillna("")
+    return frame
+
+
+def column_label(method: str, k_sites: int) -> str:
+    if method in ("federated", "local"):
+        return f"{method} K={k_sites}"
+    return method
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "failed"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def summary_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Table-4 layout: one row per training-set size, one column per method (mean ± sd).
+
+    `local` pools the per-site AUCs over sites and seeds (the spread is across sites);
+    the others are mean ± sd over seeds.
+    """
+    ok = results[results["status"] == "ok"] if "status" in results.columns else results
+    columns = sorted(
+        {(m, int(k)) for m, k in zip(results["method"], results["k_sites"])},
+        key=lambda mk: (METHODS.index(mk[0]) if mk[0] in METHODS else 99, mk[1]),
+    )
+    rows = []
+    for patients in sorted(results["patients"].unique()):
+        at_size = results[results["patients"] == patients]
+        row: dict[str, Any] = {"patients": int(patients)}
+        images = at_size[at_size["method"] == "pooled"]["images"]
+        row["images"] = int(images.median()) if len(images) else ""
+        for method, k in columns:
+            cell = at_size[(at_size["method"] == method) & (at_size["k_sites"] == k)]
+            good = cell.loc[cell.index.isin(ok.index), "auc"]
+            row[column_label(method, k)] = "-" if cell.empty else _mean_sd(good)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return table.to_string(index=False)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit(repo: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def environment_record() -> dict[str, Any]:
+    """Versions and host facts that can change a result."""
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": __import__("os").cpu_count(),
+        "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {p: _version(p) for p in ("mammo-fl", "torch", "torchvision", "flwr", "ray", "numpy", "pandas")},
+        "git_commit": _git_commit(Path(__file__).resolve().parent.parent),
+        "argv": sys.argv,
+    }
+
+
+def write_run_record(path: Path, record: dict[str, Any]) -> None:
+    """run.json: written after every job (atomically) so it always matches the CSV."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_jsonable(record), indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value

@@ -1,0 +1,1 @@
+"""Runners of the transfer-curve experiment: none / pooled / local (torch) and federated (Flower)."""

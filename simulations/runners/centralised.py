@@ -1,0 +1,52 @@
+"""Non-federated arms: no fine-tuning, pooled (centralised) fine-tuning, each site alone.
+
+All three are the same operation: start from the source model, fine-tune on a set of
+images for `rounds x local_epochs` epochs (equal compute with the federated arm), score
+on the fixed validation set.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+
+from common.device import seed_everything
+from simulations.runners.evaluation import ExperimentData, load_model, score_model
+from simulations.settings import FineTuneSettings
+
+
+def finetune_config(ft: FineTuneSettings, seed: int, epochs: int | None = None):
+    """The FineTuneConfig shared by pooled, single-site and (through the run config) federated runs."""
+    from common.training.finetune import FineTuneConfig
+
+    return FineTuneConfig(
+        epochs=ft.total_epochs if epochs is None else epochs,
+        lr=ft.lr,
+        weight_decay=ft.weight_decay,
+        batch_size=ft.batch_size,
+        proximal_mu=0.0,  # a single party has no global model to stay close to
+        augment=ft.augment,
+        seed=seed,
+        max_steps=(ft.max_steps * ft.rounds) if ft.max_steps else None,
+    )
+
+
+def run_none(data: ExperimentData) -> tuple[float, float]:
+    """AUC of the source model as is; returns (auc, seconds)."""
+    start = time.perf_counter()
+    model = load_model(data.source_model, data.device)
+    return score_model(model, data), time.perf_counter() - start
+
+
+def run_finetuned(data: ExperimentData, images: pd.DataFrame, ft: FineTuneSettings, seed: int) -> tuple[float, float]:
+    """Fine-tune the source model on `images` and score it; returns (auc, seconds)."""
+    from common.data import WholeImageDataset
+    from common.training.finetune import finetune
+
+    start = time.perf_counter()
+    seed_everything(seed)
+    model = load_model(data.source_model, data.device)
+    dataset = WholeImageDataset(images, data.cache, mean=data.mean, augment=ft.augment, seed=seed)
+    finetune(model, dataset, finetune_config(ft, seed), data.device)
+    return score_model(model, data), time.perf_counter() - start

@@ -1,0 +1,94 @@
+"""Federated arm: the deployment's ServerApp/ClientApp on Flower's Simulation Engine.
+
+Sites are materialised as folders with manifest.csv (what a real hospital's SuperNode
+reads), the ServerApp writes final.pt to the run's out-dir, and that model is scored by
+the same code as the other arms.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from simulations.flower_sim import backend_config, run_federation
+from simulations.runners.evaluation import ExperimentData, load_model, score_model
+from simulations.settings import FineTuneSettings, SimSettings
+from simulations.sites import materialise_sites
+
+
+def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Path, out_dir: Path,
+                          source: Path, device: str, threads: int, round_timeout: float = 3600.0) -> dict[str, Any]:
+    """Run-config keys of server/flower_app/pyproject.toml for one federated fine-tuning."""
+    return {
+        "sites-dir": str(sites_dir),
+        "out-dir": str(out_dir),
+        "initial-model": str(source),
+        "num-server-rounds": ft.rounds,
+        "min-sites": k,
+        "strategy": "fedavg" if ft.strategy == "fedbn" else ft.strategy,
+        "proximal-mu": float(ft.proximal_mu),
+        "fedbn": ft.strategy == "fedbn",
+        "local-epochs": ft.local_epochs,
+        "lr": float(ft.lr),
+        "weight-decay": float(ft.weight_decay),
+        "batch-size": ft.batch_size,
+        "max-steps": ft.max_steps,
+        "augment": bool(ft.augment),
+        "seed": seed,
+        "device": device,
+        "num-threads": threads,
+        "round-timeout": float(round_timeout),
+        "evaluate-initial": False,  # the central validation below is what the study compares
+    }
+
+
+def _read_round_timings(out_dir: Path) -> dict[str, float]:
+    """Sum the ServerApp's per-round timings (metrics.csv): round wall, slowest site's training, overhead."""
+    path = out_dir / "metrics.csv"
+    sums = {"round_seconds": 0.0, "max_site_train_seconds": 0.0, "overhead_seconds": 0.0}
+    if not path.is_file():
+        return sums
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            for key in sums:
+                try:
+                    sums[key] += float(row.get(key) or 0.0)
+                except ValueError:
+                    pass
+    return {k: round(v, 2) for k, v in sums.items()}
+
+
+def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_dir: Path,
+                  settings: SimSettings, seed: int) -> tuple[float, dict[str, Any]]:
+    """Federated fine-tuning over `by_site`; returns (validation AUC, timing/info dict)."""
+    from common.errors import MammoError
+
+    start = time.perf_counter()
+    k = len(by_site)
+    materialise_sites(by_site, sites_dir, data.val_images, cache_root=Path(data.cache.root))
+    run_dir = sites_dir.parent.parent / "federated" / sites_dir.name
+    fl = settings.flower
+    backend = backend_config(k, fl.client_num_cpus, fl.client_num_gpus, fl.ray_num_cpus, fl.object_store_mb)
+    device = "cuda" if backend["client_resources"]["num_gpus"] > 0 else "cpu"
+    run_config = federation_run_config(
+        settings.finetune, k, seed, sites_dir, run_dir, data.source_model, device,
+        threads=max(1, int(fl.client_num_cpus)), round_timeout=fl.round_timeout_s,
+    )
+    timing = run_federation(run_config, k, backend)
+    final = run_dir / "final.pt"
+    if not final.is_file():
+        raise MammoError(f"federated run wrote no final model ({final}); see {run_dir}")
+    auc = score_model(load_model(final, data.device), data)
+    info = {
+        "seconds": round(time.perf_counter() - start, 2),
+        "ray_init_seconds": round(timing.ray_init, 2),
+        "simulation_seconds": round(timing.total, 2),
+        "run_dir": str(run_dir),
+        "sites": {name: len(frame) for name, frame in by_site.items()},
+        **_read_round_timings(run_dir),
+    }
+    return auc, info

@@ -1,0 +1,155 @@
+"""Typed view of a `sim_*.toml` preset (after `--set` overrides), validated up front.
+
+A typo or an impossible value must fail before minutes of data generation, with a
+one-line ConfigError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common.errors import ConfigError
+from simulations.partition import SCHEMES
+from simulations.results import METHODS
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn")  # fedbn = FedAvg keeping BN at sites
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    sizes: list[int]
+    k_sites: list[int]
+    seeds: list[int]
+    methods: list[str]
+    partition: str = "iid"
+    label_alpha: float = 0.5
+    device: str = "auto"
+    torch_threads: int = 2
+    tta: bool = False
+    eval_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    require_data: bool = False  # refuse the synthetic default (paper preset)
+    patients: int = 115  # synthetic INbreast-like default: the paper's 115 patients
+    seed: int = 2019
+    split_seed: int = 0  # the 70/30 split (and so the validation set) is fixed for a run
+    image_height: int = 0  # synthetic DICOM size; 0 = the generator's default
+    image_width: int = 0
+    domain: str = "ffdm"  # synthetic acquisition domain (the source model is trained on "film")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    require_model: bool = False  # refuse to build a source model (paper preset)
+    train_preset: str = "cpu"
+    overrides: list[str] = field(default_factory=list)
+    patients: int = 0  # synthetic DDSM-like patients; 0 = generator default
+    seed: int = 0
+    image_height: int = 0
+    image_width: int = 0
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    rounds: int = 3
+    local_epochs: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 2
+    proximal_mu: float = 0.0
+    strategy: str = "fedavg"
+    augment: bool = True
+    max_steps: int = 0  # 0 = no cap (a cap is for tests)
+
+    @property
+    def total_epochs(self) -> int:
+        """Pooled and single-site runs get the same epochs as rounds x local epochs (equal compute)."""
+        return self.rounds * self.local_epochs
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    client_num_cpus: float = 1.0
+    client_num_gpus: float = -1.0  # < 0 = auto: 0 on CPU, 1/K of a GPU when CUDA exists
+    ray_num_cpus: int = 2
+    object_store_mb: int = 256
+    round_timeout_s: int = 3600
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    experiment: ExperimentSettings
+    target: TargetSettings
+    source: SourceSettings
+    finetune: FineTuneSettings
+    flower: FlowerSettings
+    preset: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _section(config: dict[str, Any], name: str, cls: type) -> Any:
+    raw = config.get(name, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section [{name}] must be a table")
+    known = set(cls.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def _positive_ints(values: Any, what: str) -> list[int]:
+    if not isinstance(values, list) or not values or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ConfigError(f"{what} must be a non-empty list of positive integers, got {values!r}")
+    return values
+
+
+def parse_settings(config: dict[str, Any], preset: str = "") -> SimSettings:
+    """Build and validate SimSettings from a loaded preset dict."""
+    unknown = set(config) - {"experiment", "target", "source", "finetune", "flower"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+    settings = SimSettings(
+        experiment=_section(config, "experiment", ExperimentSettings),
+        target=_section(config, "target", TargetSettings),
+        source=_section(config, "source", SourceSettings),
+        finetune=_section(config, "finetune", FineTuneSettings),
+        flower=_section(config, "flower", FlowerSettings),
+        preset=preset,
+    )
+    exp, ft = settings.experiment, settings.finetune
+    _positive_ints(exp.sizes, "experiment.sizes")
+    _positive_ints(exp.k_sites, "experiment.k_sites")
+    if not isinstance(exp.seeds, list) or not exp.seeds or not all(isinstance(s, int) for s in exp.seeds):
+        raise ConfigError(f"experiment.seeds must be a non-empty list of integers, got {exp.seeds!r}")
+    bad = [m for m in exp.methods if m not in METHODS]
+    if bad or not exp.methods:
+        raise ConfigError(f"experiment.methods must be taken from {', '.join(METHODS)}; got {exp.methods!r}")
+    if exp.partition not in SCHEMES:
+        raise ConfigError(f"experiment.partition must be one of {', '.join(SCHEMES)}, got {exp.partition!r}")
+    if ft.strategy not in STRATEGIES:
+        raise ConfigError(f"finetune.strategy must be one of {', '.join(STRATEGIES)}, got {ft.strategy!r}")
+    for name in ("rounds", "local_epochs", "batch_size"):
+        if not isinstance(getattr(ft, name), int) or getattr(ft, name) < 1:
+            raise ConfigError(f"finetune.{name} must be a positive integer, got {getattr(ft, name)!r}")
+    if ft.lr <= 0:
+        raise ConfigError(f"finetune.lr must be positive, got {ft.lr}")
+    if not isinstance(settings.source.overrides, list):
+        raise ConfigError("source.overrides must be a list of 'key=value' strings")
+    return settings
+
+
+def config_hash(payload: Any, length: int = 12) -> str:
+    """Stable short hash of a JSON-able payload (cache keys)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -1,0 +1,85 @@
+"""Materialise virtual sites as the folders a hospital's SuperNode reads.
+
+Each site folder gets `manifest.csv` (common/adapters/manifest.py format: `image_path`
+relative to the site folder, `patient_id`, `label`, plus laterality/view/vendor), so the
+ClientApp loads it exactly as it would a real hospital's data. Two things are prepared in
+the site's state folder (client.site.STATE_SUBDIR) so the comparison with pooled training
+is fair and cheap:
+
+- `split.csv` (the site's saved split, which the ClientApp keeps fixed): every patient of
+  the site is a *training* patient, and the site's local validation set is the central
+  fixed validation set. Federated training then sees exactly the images pooled training
+  sees, and Flower's per-round federated AUC is measured on the same validation set as
+  every other arm. Validation patients are never training patients anywhere.
+- `cache` -> a link to the run's shared preprocessing cache (entries are keyed by the
+  resolved DICOM path), so sites do not decode the same DICOMs again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from common.errors import DataError
+
+MANIFEST_COLUMNS = ["image_path", "patient_id", "label", "laterality", "view"]
+OPTIONAL_COLUMNS = ["vendor"]
+
+
+def write_manifest(site_dir: Path, images: pd.DataFrame) -> Path:
+    """manifest.csv with paths relative to the site folder (no copies, no symlinks)."""
+    site_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({
+        "image_path": [os.path.relpath(Path(p).resolve(), site_dir.resolve()) for p in images["image_path"]],
+        "patient_id": images["patient_id"].astype(str).values,
+        "label": images["label"].astype(int).values,
+        "laterality": images["laterality"].values if "laterality" in images.columns else "",
+        "view": images["view"].values if "view" in images.columns else "",
+    })
+    for column in OPTIONAL_COLUMNS:
+        if column in images.columns:
+            frame[column] = images[column].astype(str).values
+    path = site_dir / "manifest.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _link_cache(state_dir: Path, cache_root: Path) -> None:
+    link = state_dir / "cache"
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    link.symlink_to(cache_root.resolve(), target_is_directory=True)
+
+
+def materialise_sites(by_site: dict[str, pd.DataFrame], sites_dir: Path, val_images: pd.DataFrame,
+                      cache_root: Path | None = None) -> list[Path]:
+    """Write one folder per site (sorted names = Flower partition ids); returns the folders."""
+    from client.site import SPLIT_FILE, STATE_SUBDIR
+
+    if sites_dir.exists():
+        shutil.rmtree(sites_dir)  # a re-run must not keep a stale site or split
+    overlap = set(val_images["patient_id"].astype(str))
+    folders = []
+    for name in sorted(by_site):
+        train = by_site[name]
+        if overlap & set(train["patient_id"].astype(str)):
+            raise DataError(None, f"{name}: a validation patient is also a training patient")
+        site_dir = sites_dir / name
+        write_manifest(site_dir, pd.concat([train, val_images], ignore_index=True))
+        state = site_dir / STATE_SUBDIR
+        state.mkdir(parents=True, exist_ok=True)
+        split = pd.DataFrame({
+            "patient_id": list(dict.fromkeys(train["patient_id"].astype(str)))
+            + list(dict.fromkeys(val_images["patient_id"].astype(str))),
+        })
+        split["split"] = ["train"] * train["patient_id"].nunique() + ["val"] * val_images["patient_id"].nunique()
+        split.to_csv(state / SPLIT_FILE, index=False)
+        if cache_root is not None:
+            _link_cache(state, cache_root)
+        folders.append(site_dir)
+    return folders

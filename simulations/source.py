@@ -1,0 +1,149 @@
+"""The source model: a given whole-image checkpoint, or one built once and cached.
+
+With no `--model`, the pipeline's training preset (`mammo-train run --preset cpu`) is run
+on synthetic DDSM-like data, and the resulting whole-image checkpoint is cached under
+`<cache>/source/<hash>/source.pt`, where the hash covers the training config (after
+overrides) and the synthetic data settings. A second run with the same settings starts at
+once; a changed setting builds a new model next to the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.checkpoint import read_checkpoint_meta
+from common.errors import ConfigError, DataError, MammoError
+from simulations.settings import SourceSettings, config_hash
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILE = "source.pt"
+META_FILE = "source.json"
+
+
+@dataclass
+class SourceModel:
+    path: Path
+    preprocessing: dict[str, Any]
+    model_spec: dict[str, Any]
+    built: bool = False  # built by this run
+    cached: bool = False  # taken from the cache
+    cache_key: str = ""
+    build_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["path"] = str(self.path)
+        return out
+
+
+def _whole_image_meta(path: Path) -> dict[str, Any]:
+    meta = read_checkpoint_meta(path)
+    if meta.get("kind") != "whole_image":
+        raise DataError(path, f"--model must be a whole-image checkpoint, got kind {meta.get('kind')!r}")
+    return meta
+
+
+def given_source(path: Path) -> SourceModel:
+    meta = _whole_image_meta(path)
+    return SourceModel(path=path.resolve(), preprocessing=meta["preprocessing"], model_spec=meta["model_spec"],
+                       details={"provenance": meta.get("provenance", {}), "metrics": meta.get("metrics", {})})
+
+
+def source_cache_key(settings: SourceSettings) -> tuple[str, dict[str, Any]]:
+    """Hash of everything that shapes the built model: training config and synthetic data settings."""
+    from common.config import load_config
+
+    train_config = load_config(settings.train_preset, "train", list(settings.overrides))
+    payload = {"train": train_config, "data": {
+        "patients": settings.patients, "seed": settings.seed,
+        "height": settings.image_height, "width": settings.image_width,
+    }, "format": 1}
+    return config_hash(payload), payload
+
+
+def resolve_source_model(model: Path | None, settings: SourceSettings, cache_root: Path,
+                         device: torch.device) -> SourceModel:
+    """The given checkpoint, the cached one, or a freshly built one (in that order)."""
+    if model is not None:
+        return given_source(Path(model))
+    if settings.require_model:
+        raise ConfigError("this preset needs --model: a whole-image checkpoint (e.g. from mammo-train --preset paper)")
+    key, payload = source_cache_key(settings)
+    folder = cache_root / "source" / key
+    path = folder / SOURCE_FILE
+    if path.is_file():
+        try:
+            source = given_source(path)
+            source.cached, source.cache_key = True, key
+            source.details = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+            return source
+        except MammoError as exc:
+            log.warning("cached source model unusable (%s); rebuilding", exc)
+    return build_source_model(settings, folder, key, payload)
+
+
+def build_source_model(settings: SourceSettings, folder: Path, key: str, payload: dict[str, Any]) -> SourceModel:
+    """Synthetic DDSM-like data -> mammo-train run -> whole-image checkpoint, cached atomically."""
+    from simulations.synthetic import make_synthetic_index
+
+    start = time.perf_counter()
+    work = folder.with_name(folder.name + ".building")
+    if work.exists():
+        shutil.rmtree(work)  # an interrupted earlier build
+    work.mkdir(parents=True)
+    print(f"mammo-sim: building the source model (mammo-train --preset {settings.train_preset} on synthetic "
+          f"DDSM-like data); cached afterwards under {folder}")
+    index_dir = make_synthetic_index(
+        layout="cbis-ddsm", out_dir=work / "data", patients=settings.patients, seed=settings.seed,
+        height=settings.image_height, width=settings.image_width,
+    )
+    run_dir = work / "train"
+    checkpoint = _train_whole_image(index_dir, run_dir, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint, folder / (SOURCE_FILE + ".tmp"))
+    (folder / (SOURCE_FILE + ".tmp")).replace(folder / SOURCE_FILE)
+    seconds = time.perf_counter() - start
+    details = {"cache_key": key, "config": payload, "build_seconds": round(seconds, 1),
+               "train_run": str(run_dir), "checkpoint_from": str(checkpoint)}
+    (folder / META_FILE).write_text(json.dumps(details, indent=2, default=str))
+    # Keep the training run's reports next to the model; the bulky synthetic DICOMs go.
+    shutil.rmtree(work / "data", ignore_errors=True)
+    meta = _whole_image_meta(folder / SOURCE_FILE)
+    return SourceModel(path=(folder / SOURCE_FILE).resolve(), preprocessing=meta["preprocessing"],
+                       model_spec=meta["model_spec"], built=True, cache_key=key, build_seconds=seconds,
+                       details=details)
+
+
+def _train_whole_image(index_dir: Path, run_dir: Path, settings: SourceSettings) -> Path:
+    """Run the pipeline's `mammo-train run` in-process and return its whole-image checkpoint."""
+    from common.cli import train as train_cli
+
+    argv = ["run", "--preset", settings.train_preset, "--data", str(index_dir), "--out", str(run_dir)]
+    for override in settings.overrides:
+        argv += ["--set", override]
+    code = train_cli._main(argv) if hasattr(train_cli, "_main") else train_cli.main(argv)
+    if code not in (0, None):
+        raise MammoError(f"mammo-train run failed with status {code} while building the source model")
+    return find_whole_image_checkpoint(run_dir)
+
+
+def find_whole_image_checkpoint(run_dir: Path) -> Path:
+    """The final whole-image checkpoint of a mammo-train run folder."""
+    candidates = sorted(run_dir.rglob("*.pt"), key=lambda p: (p.name != "final.pt", -p.stat().st_mtime))
+    for path in candidates:
+        try:
+            if read_checkpoint_meta(path).get("kind") == "whole_image":
+                return path
+        except MammoError:
+            continue
+    raise MammoError(f"mammo-train run in {run_dir} produced no whole-image checkpoint")

@@ -1,0 +1,148 @@
+"""Training-loop pieces and local fine-tuning: class balancing, freezing per stage, FedProx, determinism."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from model_fixtures import TINY_WHOLE_SPEC, one_torch_thread, whole_image_set  # noqa: F401 (autouse fixture)
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.data import WholeImageDataset
+from common.errors import ConfigError, MammoError
+from common.evaluation import predict_scores
+from common.metrics import auc
+from common.models import build_model, convert_patch_to_whole
+from common.training.finetune import FineTuneConfig, finetune
+from common.training.loops import (
+    balanced_cross_entropy,
+    class_balanced_weights,
+    run_epoch,
+    set_trainable,
+    trainable_parameters,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_class_balanced_weights_make_classes_count_equally() -> None:
+    y = torch.tensor([0, 0, 0, 1])
+    assert torch.allclose(class_balanced_weights(y), torch.tensor([4 / 3, 4 / 3, 4 / 3, 4.0]))
+    logits = torch.randn(4, 2)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    expected = (ce[:3].mean() + ce[3]) / 2  # mean over classes of the class-mean loss
+    assert torch.allclose(balanced_cross_entropy(logits, y), expected)
+    assert torch.allclose(balanced_cross_entropy(logits, y, class_balance=False), ce.mean())
+    y1 = torch.tensor([1, 1])
+    assert torch.allclose(class_balanced_weights(y1), torch.ones(2))
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def _one_step(model: torch.nn.Module, size: tuple[int, int], classes: int) -> None:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(4, 3, *size) * 50, torch.arange(4) % classes)
+    opt = torch.optim.Adam(trainable_parameters(model), lr=1e-2)
+    run_epoch(model, DataLoader(data, batch_size=4), opt, CPU)
+
+
+@pytest.mark.parametrize("stage,trained_prefixes", [
+    ("head", ("fc.",)),
+    ("top", ("fc.", "trunk.layer4.")),
+    ("all", ("fc.", "trunk.")),
+])
+def test_patch_freezing_per_stage_changes_only_those_parameters(stage, trained_prefixes) -> None:
+    model = build_model("patch", {"arch": "resnet_tiny"})
+    n = set_trainable(model, stage)
+    assert n == sum(p.numel() for p in trainable_parameters(model)) > 0
+    before = copy.deepcopy(model.state_dict())
+    _one_step(model, (64, 64), 5)
+    changed = _changed(before, model.state_dict())
+    assert changed and all(k.startswith(trained_prefixes) for k in changed)
+    if stage != "all":  # frozen BN stayed in eval mode: running statistics untouched
+        assert "trunk.bn1.running_mean" not in changed and "trunk.layer1.0.bn1.running_var" not in changed
+    else:
+        assert "trunk.conv1.weight" in changed and "trunk.bn1.running_mean" in changed
+
+
+def test_whole_image_stage1_trains_top_and_head_only() -> None:
+    patch = build_model("patch", {"arch": "vgg_tiny"})
+    model = convert_patch_to_whole(patch, {"type": "vgg", "blocks": [[16, 1], [8, 1]]})
+    set_trainable(model, "top")
+    before = copy.deepcopy(model.state_dict())
+    _one_step(model, (96, 64), 2)
+    changed = _changed(before, model.state_dict())
+    assert not any(k.startswith("trunk.") for k in changed)
+    assert any(k.startswith("top.") for k in changed) and "head.fc.weight" in changed
+    set_trainable(model, "all")
+    before = copy.deepcopy(model.state_dict())
+    _one_step(model, (96, 64), 2)
+    assert any(k.startswith("trunk.") for k in _changed(before, model.state_dict()))
+    with pytest.raises(ConfigError, match="stage"):
+        set_trainable(model, "middle")
+
+
+def _whole_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("whole_image", TINY_WHOLE_SPEC)
+
+
+def test_finetune_is_deterministic_and_reports(tmp_path) -> None:
+    images, cache = whole_image_set(tmp_path, n=8)
+    ds = WholeImageDataset(images, cache, mean=40.0, augment=True, seed=0)
+    cfg = FineTuneConfig(epochs=2, lr=1e-3, batch_size=4, seed=3)
+    a, b = _whole_model(), _whole_model()
+    start = copy.deepcopy(a.state_dict())
+    ra = finetune(a, ds, cfg, CPU)
+    rb = finetune(b, ds, cfg, CPU)
+    assert ra["num_examples"] == 8 and ra["steps"] == 4 and ra["seconds"] > 0
+    assert ra["train_loss"] == pytest.approx(rb["train_loss"])
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in start)
+    assert _changed(start, a.state_dict())
+    capped = finetune(_whole_model(), ds, FineTuneConfig(epochs=5, batch_size=2, max_steps=3), CPU)
+    assert capped["steps"] == 3 and capped["examples_seen"] == 6
+
+
+def test_fedprox_term_keeps_weights_near_the_reference(tmp_path) -> None:
+    images, cache = whole_image_set(tmp_path, n=8)
+    ds = WholeImageDataset(images, cache, mean=40.0, augment=False)
+
+    def drift(mu: float) -> float:
+        model = _whole_model()
+        ref = {k: v.detach().clone() for k, v in model.named_parameters()}
+        finetune(model, ds, FineTuneConfig(epochs=2, lr=1e-2, batch_size=4, proximal_mu=mu, augment=False), CPU,
+                 reference_state=ref)
+        return sum(float(((p - ref[k]) ** 2).sum()) for k, p in model.named_parameters())
+
+    assert drift(100.0) < 0.5 * drift(0.0)
+
+
+def test_finetune_learns_a_separable_signal(tmp_path) -> None:
+    images, cache = whole_image_set(tmp_path, n=16, seed=1)
+    train = WholeImageDataset(images, cache, mean=40.0, augment=False)
+    model = _whole_model(1)
+    finetune(model, train, FineTuneConfig(epochs=6, lr=3e-3, weight_decay=0.0, batch_size=4, augment=False), CPU)
+    assert auc(train.labels(), predict_scores(model, train, CPU)) >= 0.9
+
+
+def test_finetune_input_errors(tmp_path) -> None:
+    images, cache = whole_image_set(tmp_path, n=2)
+    empty = WholeImageDataset(images.iloc[:0], cache, mean=0.0, augment=False)
+    with pytest.raises(MammoError, match="empty"):
+        finetune(_whole_model(), empty, FineTuneConfig(), CPU)
+    frozen = _whole_model()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(MammoError, match="no trainable"):
+        finetune(frozen, WholeImageDataset(images, cache, 0.0, False), FineTuneConfig(), CPU)
+    with pytest.raises(ConfigError, match="unknown fine-tuning"):
+        FineTuneConfig.from_dict({"epochz": 3})
+    with pytest.raises(ConfigError):
+        FineTuneConfig.from_dict({"lr": -1.0})
+    with pytest.raises(MammoError, match="reference state lacks"):
+        finetune(_whole_model(), WholeImageDataset(images, cache, 0.0, False),
+                 FineTuneConfig(proximal_mu=0.1), CPU, reference_state={})

@@ -1,0 +1,103 @@
+"""Patient-level subsets and site partitions: no patient in two sites, reproducible, nested subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.errors import ConfigError
+from simulations import partition as part
+
+
+def _images(n_patients: int = 72, seed: int = 0) -> pd.DataFrame:
+    """An INbreast-like image table: 2-6 images per patient, ~30% positive patients, 3 vendors."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        positive = rng.random() < 0.3
+        vendor = ["hologic", "siemens", "ge"][int(rng.integers(3))]
+        for j in range(int(rng.integers(2, 7))):
+            rows.append({"image_id": f"P{p:03d}_{j}", "patient_id": f"P{p:03d}", "vendor": vendor,
+                         "label": int(positive and j < 2), "image_path": f"/x/P{p:03d}_{j}.dcm"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def patients() -> pd.DataFrame:
+    return part.patient_table(_images())
+
+
+def test_patient_table_one_row_per_patient(patients):
+    images = _images()
+    assert len(patients) == images["patient_id"].nunique()
+    assert patients["n_images"].sum() == len(images)
+    # a patient is positive when any image is
+    assert set(patients[patients["label"] == 1]["patient_id"]) == set(images[images["label"] == 1]["patient_id"])
+
+
+def test_subsets_are_nested_stratified_and_reproducible(patients):
+    small = part.training_subset(patients, 20, seed=3)
+    large = part.training_subset(patients, 40, seed=3)
+    assert len(small) == 20 and len(large) == 40 and len(set(small)) == 20
+    assert set(small) <= set(large)
+    assert small == part.training_subset(patients, 20, seed=3)
+    assert small != part.training_subset(patients, 20, seed=4)
+    rate = patients["label"].mean()
+    positives = patients.set_index("patient_id").loc[small, "label"].sum()
+    assert abs(positives - rate * 20) <= 1.5  # every prefix keeps the class ratio
+    with pytest.raises(ConfigError):
+        part.training_subset(patients, len(patients) + 1, seed=0)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "vendor", "label"])
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_partition_covers_every_patient_once(patients, scheme, k):
+    subset = patients[patients["patient_id"].isin(part.training_subset(patients, 20, seed=1))]
+    assignment = part.partition_patients(subset, k, scheme, seed=7)
+    assert set(assignment) == set(subset["patient_id"])
+    assert set(assignment.values()) == set(range(k))  # no empty site
+    assert assignment == part.partition_patients(subset, k, scheme, seed=7)  # reproducible
+    frame = part.partition_frame(subset, assignment)
+    by_site = part.site_images(_images(), frame)
+    sites_of_patient = pd.concat([f.assign(site=s) for s, f in by_site.items()]).groupby("patient_id")["site"].nunique()
+    assert (sites_of_patient == 1).all()  # never split a patient
+    assert sum(len(f) for f in by_site.values()) == subset["n_images"].sum()
+
+
+def test_iid_sites_are_balanced(patients):
+    assignment = part.partition_patients(patients, 3, "iid", seed=0)
+    frame = part.partition_frame(patients, assignment)
+    sizes = frame.groupby("site").size()
+    positives = frame.groupby("site")["label"].sum()
+    assert sizes.max() - sizes.min() <= 1
+    assert positives.max() - positives.min() <= 1
+
+
+def test_vendor_partition_keeps_vendors_apart(patients):
+    assignment = part.partition_patients(patients, 3, "vendor", seed=0)
+    frame = part.partition_frame(patients, assignment)
+    assert (frame.groupby("site")["vendor"].nunique() == 1).all()
+    # more sites than vendors: a vendor is shared, but each site still holds one vendor
+    assignment5 = part.partition_patients(patients, 5, "vendor", seed=0)
+    frame5 = part.partition_frame(patients, assignment5)
+    assert frame5["site"].nunique() == 5 and (frame5.groupby("site")["vendor"].nunique() == 1).all()
+
+
+def test_label_skew_differs_between_sites(patients):
+    assignment = part.partition_patients(patients, 3, "label", seed=0, alpha=0.3)
+    rates = part.partition_frame(patients, assignment).groupby("site")["label"].mean()
+    assert rates.max() - rates.min() > 0.15
+
+
+def test_partition_round_trip_and_errors(tmp_path, patients):
+    frame = part.partition_frame(patients, part.partition_patients(patients, 2, "iid", seed=0))
+    part.save_partition(frame, tmp_path / "k2.csv")
+    loaded = part.load_partition(tmp_path / "k2.csv")
+    pd.testing.assert_frame_equal(loaded[["patient_id", "site"]], frame[["patient_id", "site"]])
+    with pytest.raises(ConfigError, match="cannot split"):
+        part.partition_patients(patients.head(3), 5, "iid")
+    with pytest.raises(ConfigError, match="unknown partition scheme"):
+        part.partition_patients(patients, 2, "random")
+    with pytest.raises(ConfigError, match="needs a 'site' column"):
+        part.partition_patients(patients, 2, "site")
