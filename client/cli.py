@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give up after the coordinator was unreachable this many seconds (0 = never)")
     p.add_argument("--device", default="auto", help="auto (GPU when present) | cpu | cuda[:n]")
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads for local training (0 = default)")
+    p.add_argument("--cache-workers", type=int, default=0,
+                   help="processes for the first-round image preprocessing (0 = all cores)")
     p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS
     return p
 
@@ -66,6 +68,7 @@ def write_node_config(args: argparse.Namespace, state_dir: Path) -> Path:
         f"state-dir = {toml_literal(str(state_dir.resolve()))}",
         f"device = {toml_literal(args.device)}",
         f"num-threads = {int(args.num_threads)}",
+        f"cache-workers = {int(args.cache_workers)}",
     ]
     if args.test_fault:
         lines.append(f"test-fault = {toml_literal(args.test_fault)}")

@@ -82,7 +82,8 @@ def prepare_data(site: SiteInfo, rc: RoundConfig) -> SiteData:
 
     images = load_site_images(site)
     cache = ImageCache(site.state_dir / "cache", PreprocessSettings.from_dict(rc.preprocessing))
-    images, skipped = filter_readable(images, cache)
+    workers = int(site.node_config.get("cache-workers", 1)) or None  # 0 = all cores
+    images, skipped = filter_readable(images, cache, workers=workers)
     if images.empty:
         raise DataError(site.data_dir, f"none of the site's images could be read ({len(skipped)} skipped)")
     train, val = site_subsets(site, images, rc.val_fraction, rc.seed)

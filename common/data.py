@@ -20,16 +20,21 @@ from torch.utils.data import Dataset, get_worker_info
 
 from common.augment import AugmentSettings, BatchAugmenter, augment_batch
 from common.errors import DataError, MammoError
-from common.preprocess import to_model_input
 
 UNLABELLED = -1
 
 
 def to_model_tensor(arr: np.ndarray, mean: float) -> torch.Tensor:
-    """uint16 image (H, W) -> float32 [3, H, W] = png / 65535 * 255 - mean (common.preprocess.to_model_input)."""
+    """uint16 image (H, W) -> float32 [3, H, W] = png / 65535 * 255 - mean.
+
+    Same arithmetic as `common.preprocess.to_model_input` (tested equal), done in torch on one channel
+    and then copied to 3 (a third of the work on the training loop's hot path).
+    """
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {arr.shape}")
-    return torch.from_numpy(to_model_input(arr, mean))
+    grey = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32))
+    grey.mul_(np.float32(255.0 / 65535.0)).sub_(np.float32(mean))
+    return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
 def read_png16(path: str | Path) -> np.ndarray:

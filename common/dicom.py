@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +27,16 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 # Smallest side (pixels) accepted for a mammogram; a sanity check against thumbnails,
-# scout images and secondary captures. Tests with small crafted images pass `min_side=`.
-MIN_SIDE = 256
+# scout images and secondary captures (real mammograms are >= ~1000 px; the CPU presets'
+# synthetic images are 288x224). Tests with small crafted images pass `min_side=`;
+# the environment variable MAMMO_FL_MIN_SIDE overrides the default for a whole run.
+MIN_SIDE = 200
+MIN_SIDE_ENV = "MAMMO_FL_MIN_SIDE"
 
 JPEG_EXTRA = "mammo-fl[jpeg]"
 GREY_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
@@ -81,6 +85,20 @@ class DicomImage:
     @property
     def laterality(self) -> str | None:
         return self.header.laterality
+
+
+def default_min_side() -> int:
+    """MIN_SIDE, or the MAMMO_FL_MIN_SIDE environment variable when set."""
+    raw = os.environ.get(MIN_SIDE_ENV, "").strip()
+    if not raw:
+        return MIN_SIDE
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{MIN_SIDE_ENV}={raw!r} is not an integer") from None
+    if value < 1:
+        raise ConfigError(f"{MIN_SIDE_ENV}={raw!r} must be >= 1")
+    return value
 
 
 def _dcmread(path: Path, **kwargs: object) -> Dataset:
@@ -241,7 +259,9 @@ def _first_value(value: object) -> float:
 
 def window(x: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """DICOM VOI window to the output range [0, 1] (PS3.3 C.11.2.1.2)."""
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
     function = (function or "LINEAR").strip().upper()
     if function == "SIGMOID":
         if width <= 0:
@@ -272,11 +292,11 @@ def _apply_voi(path: Path, ds: Dataset, values: np.ndarray) -> tuple[np.ndarray,
         item = ds.VOILUTSequence[0]
         try:
             # LUT inputs are integers (float input makes pydicom warn and index oddly)
-            out = apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float64)
+            out = apply_voi(np.round(values).astype(np.int64), ds, index=0).astype(np.float32)
             top = 2.0 ** int(item.LUTDescriptor[2]) - 1
         except Exception as exc:
             raise DataError(path, f"invalid VOI LUT Sequence: {_first_line(exc)}") from None
-        return np.clip(out / top, 0.0, 1.0), "lut-sequence"
+        return _scale_into_unit(out, 0.0, top), "lut-sequence"
     if "WindowCenter" in ds and "WindowWidth" in ds:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         try:
@@ -284,10 +304,37 @@ def _apply_voi(path: Path, ds: Dataset, values: np.ndarray) -> tuple[np.ndarray,
             return window(values, center, width, function), function
         except (ValueError, TypeError, IndexError) as exc:
             raise DataError(path, f"invalid VOI window: {_first_line(exc)}") from None
+    return _scale_by_bit_depth(path, ds, values), "none"
+
+
+def _scale_into_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(values - lo) / (hi - lo) clipped to [0, 1], in place (float32 full-field images)."""
+    values -= np.float32(lo)
+    values *= np.float32(1.0 / (hi - lo))
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
+def _scale_by_bit_depth(path: Path, ds: Dataset, values: np.ndarray) -> np.ndarray:
     lo, hi = _modality_range(ds)
     if not math.isfinite(hi - lo) or hi <= lo:
         raise DataError(path, "cannot determine the pixel value range (BitsStored / rescale)")
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0), "none"
+    return _scale_into_unit(values, lo, hi)
+
+
+def _modality_lut(ds: Dataset, raw: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values as float32 (exact for <= 24-bit integers)."""
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    values = raw.astype(np.float32)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0:
+        values *= np.float32(slope)
+    if intercept != 0.0:
+        values += np.float32(intercept)
+    return values
 
 
 def read_dicom(
@@ -299,13 +346,11 @@ def read_dicom(
 ) -> DicomImage:
     """Read one mammogram: checks, decode, modality LUT, VOI LUT, MONOCHROME1 inversion.
 
-    `min_side` defaults to the module constant `MIN_SIDE` (read at call time).
+    `min_side` defaults to `default_min_side()` (MIN_SIDE or $MAMMO_FL_MIN_SIDE, read at call time).
     `apply_voi=False` skips VOI windows (pixels scaled by the bit-depth range instead).
     """
-    from pydicom.pixels import apply_modality_lut
-
     path = Path(path)
-    min_side = MIN_SIDE if min_side is None else int(min_side)
+    min_side = default_min_side() if min_side is None else int(min_side)
     ds = _dcmread(path)
     header = _header_from_dataset(path, ds)
     _check_image(path, ds, header, min_side, require_mg)
@@ -314,18 +359,19 @@ def read_dicom(
     if raw.ndim != 2:
         raise DataError(path, f"expected a 2-D grey-scale image, decoded shape is {raw.shape}")
     try:
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        values = _modality_lut(ds, raw)
     except Exception as exc:
         raise DataError(path, f"invalid modality LUT / rescale: {_first_line(exc)}") from None
+    del raw
     if apply_voi:
         pixels, voi = _apply_voi(path, ds, values)
     else:
-        lo, hi = _modality_range(ds)
-        pixels, voi = np.clip((values - lo) / (hi - lo), 0.0, 1.0), "none"
+        pixels, voi = _scale_by_bit_depth(path, ds, values), "none"
+    pixels = pixels.astype(np.float32, copy=False)
     if header.photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
+        np.subtract(np.float32(1.0), pixels, out=pixels)
     bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
-    return DicomImage(pixels=pixels.astype(np.float32), header=header, bits_stored=bits, voi=voi)
+    return DicomImage(pixels=pixels, header=header, bits_stored=bits, voi=voi)
 
 
 def read_mask_dicom(path: str | Path) -> np.ndarray:

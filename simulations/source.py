@@ -138,12 +138,11 @@ def _train_whole_image(index_dir: Path, run_dir: Path, settings: SourceSettings)
 
 
 def find_whole_image_checkpoint(run_dir: Path) -> Path:
-    """The final whole-image checkpoint of a mammo-train run folder."""
-    candidates = sorted(run_dir.rglob("*.pt"), key=lambda p: (p.name != "final.pt", -p.stat().st_mtime))
-    for path in candidates:
-        try:
-            if read_checkpoint_meta(path).get("kind") == "whole_image":
-                return path
-        except MammoError:
-            continue
-    raise MammoError(f"mammo-train run in {run_dir} produced no whole-image checkpoint")
+    """The final whole-image checkpoint of a mammo-train run folder (RUNDIR/whole_image.pt)."""
+    from common.training.pipeline import RunPaths
+
+    path = RunPaths(run_dir).whole_model
+    if not path.is_file():
+        raise MammoError(f"mammo-train run in {run_dir} produced no whole-image checkpoint ({path.name})")
+    _whole_image_meta(path)
+    return path

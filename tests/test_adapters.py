@@ -226,3 +226,39 @@ def make_site_with_one_image(site: Path) -> Path:
     write_dicom(site / "a.dcm", np.full((64, 48), 30000, np.uint16))
     (site / "manifest.csv").write_text("image_path,patient_id,label\na.dcm,p1,1\n")
     return site
+
+
+# ------------------------------------------------------------------ engineer B's generator
+
+
+def _against_ground_truth(tables, root: Path) -> None:
+    import os
+
+    import pandas as pd
+
+    truth = pd.read_csv(root / "ground_truth.csv")
+    truth["key"] = [os.path.realpath(root / p) for p in truth["image_path"]]
+    got = tables.images.assign(key=[os.path.realpath(p) for p in tables.images["image_path"]])
+    merged = got.merge(truth, on="key", suffixes=("", "_truth"))
+    assert len(merged) == len(got) > 0
+    assert (merged["label"] == merged["label_truth"]).all()
+    assert (merged["laterality"] == merged["laterality_truth"]).all()
+    assert (merged["view"] == merged["view_truth"]).all()
+    assert (merged["patient_id"].astype(str) == merged["patient_id_truth"].astype(str)).all()
+
+
+@pytest.mark.parametrize("fixture,fmt", [("synth_cbis", "cbis-ddsm"), ("synth_inbreast", "inbreast")])
+def test_synthetic_annotated_sets_index_like_their_ground_truth(request, tmp_path, fixture, fmt):
+    root = request.getfixturevalue(fixture)
+    tables = build_index(fmt, root, tmp_path / "idx")
+    assert not [s for s in tables.skipped if "BI-RADS 3" not in s[1]], tables.skipped
+    _against_ground_truth(tables, root)
+    assert tables.rois is not None and not tables.rois.empty
+
+
+def test_synthetic_sites_read_as_manifests(synth_sites, tmp_path):
+    sites = sorted(p for p in synth_sites.iterdir() if (p / "manifest.csv").is_file())
+    assert len(sites) == 3
+    for site in sites:
+        tables = build_index("manifest", site, tmp_path / site.name)
+        _against_ground_truth(tables, synth_sites)

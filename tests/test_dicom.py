@@ -16,7 +16,7 @@ from pydicom.pixels import apply_windowing
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from common.dicom import read_dicom, read_header, read_mask_dicom, window
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 H, W = 64, 48
 
@@ -170,8 +170,15 @@ def test_missing_modality_warns_but_reads(tmp_path, caplog):
     assert any("no Modality" in r.message for r in caplog.records)
 
 
-def test_small_image_rejected_by_default_min_side(tmp_path):
-    expect_error(write_dicom(tmp_path / "a.dcm", ramp()), "64x48", "256")
+def test_small_image_rejected_by_default_min_side(tmp_path, monkeypatch):
+    path = write_dicom(tmp_path / "a.dcm", ramp())
+    monkeypatch.delenv("MAMMO_FL_MIN_SIDE", raising=False)
+    expect_error(path, "64x48", "200 px")
+    monkeypatch.setenv("MAMMO_FL_MIN_SIDE", "40")  # the run-wide override
+    assert read_dicom(path).pixels.shape == (H, W)
+    monkeypatch.setenv("MAMMO_FL_MIN_SIDE", "abc")
+    with pytest.raises(ConfigError):
+        read_dicom(path)
 
 
 def test_rgb_rejected(tmp_path):
@@ -201,7 +208,7 @@ def test_compressed_without_decoder_names_the_extra(tmp_path):
         for name in ("pylibjpeg", "libjpeg", "openjpeg", "gdcm", "jpeg_ls"):
             sys.modules[name] = None  # import fails, as when the package is not installed
         from common.dicom import read_dicom
-        from common.errors import DataError
+        from common.errors import ConfigError, DataError
         try:
             read_dicom({str(path)!r}, min_side=16)
         except DataError as exc:

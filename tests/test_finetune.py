@@ -116,7 +116,7 @@ def test_fedprox_term_keeps_weights_near_the_reference(tmp_path) -> None:
         ref = {k: v.detach().clone() for k, v in model.named_parameters()}
         finetune(model, ds, FineTuneConfig(epochs=2, lr=1e-2, batch_size=4, proximal_mu=mu, augment=False), CPU,
                  reference_state=ref)
-        return sum(float(((p - ref[k]) ** 2).sum()) for k, p in model.named_parameters())
+        return sum(float(((p.detach() - ref[k]) ** 2).sum()) for k, p in model.named_parameters())
 
     assert drift(100.0) < 0.5 * drift(0.0)
 

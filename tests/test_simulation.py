@@ -91,3 +91,78 @@ def test_cli_bad_preset_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown sim preset 'nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- the tiny grid end to end: real DICOMs, real fine-tuning, the real Flower Simulation Engine ---
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny whole-image checkpoint (random init) at 96x64 model input."""
+    import torch
+
+    from common.checkpoint import save_checkpoint
+    from common.models import build_model
+
+    spec = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [[16, 16, 64, 1]]}, "num_classes": 2,
+            "dropout": 0.0}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("sim_model") / "tiny.pt"
+    save_checkpoint(path, build_model("whole_image", spec), kind="whole_image", model_spec=spec,
+                    preprocessing={"height": 96, "width": 64, "mode": "paper", "mean": 40.0},
+                    class_names=["not_malignant", "malignant"])
+    return path
+
+
+def test_tiny_grid_through_flower_simulation(tmp_path, tiny_model, synth_inbreast):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "simulations.cli", "--preset", "quick", "--out", str(out), "--model", str(tiny_model),
+           "--inbreast", str(synth_inbreast), "--cache-dir", str(tmp_path / "cache"),
+           "--set", "experiment.sizes=[4, 99]", "--set", "experiment.k_sites=[2]",
+           "--set", "finetune.rounds=1", "--set", "finetune.local_epochs=1", "--set", "finetune.batch_size=2",
+           "--set", "finetune.max_steps=2", "--set", "experiment.torch_threads=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == f"plot: {out / 'transfer_curve.png'}"
+
+    results = read_results(out / "transfer_curve.csv")
+    assert list(results.columns[:5]) == RESULT_COLUMNS
+    assert (results["status"] == "ok").all(), results[results["status"] != "ok"]
+    assert set(results["method"]) == {"none", "pooled", "federated", "local"}
+    all_patients = int(results["patients"].max())
+    assert sorted(results["patients"].unique()) == [4, all_patients]  # 99 -> "all"
+    assert results["auc"].between(0, 1).all()
+    local = results[results["method"] == "local"]
+    assert sorted(local["site"].unique()) == ["site_00", "site_01"]
+    # federated and pooled see the same images (equal compute); local sites split them
+    for n in (4, all_patients):
+        at = results[results["patients"] == n]
+        pooled = at[at["method"] == "pooled"]["images"].item()
+        assert at[at["method"] == "federated"]["images"].item() == pooled
+        assert at[at["method"] == "local"]["images"].sum() == pooled
+
+    table = pd.read_csv(out / "transfer_table.csv")
+    assert list(table.columns[:2]) == ["patients", "images"] and "federated K=2" in table.columns
+    assert (out / "transfer_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "done"
+    assert record["settings"]["finetune"]["rounds"] == 1
+    assert record["environment"]["versions"]["flwr"].startswith("1.42")
+    fed_jobs = [j for j in record["grid"]["jobs"] if j["method"] == "federated"]
+    assert len(fed_jobs) == 2 and all(j["ray_init_seconds"] > 0 for j in fed_jobs)
+
+    # the saved partition: patient-level, no overlap with validation, sites as Flower reads them
+    part_k2 = pd.read_csv(out / "partitions" / "seed0" / "n4" / "k2.csv", dtype=str)
+    assert part_k2["patient_id"].is_unique and len(part_k2) == 4
+    split = pd.read_csv(out / "split.csv", dtype=str)
+    val_patients = set(split[split["split"] == "val"]["patient_id"])
+    assert not val_patients & set(part_k2["patient_id"])
+    site_dir = out / "sites" / "seed0_n4_k2" / "site_00"
+    from common.adapters.manifest import read_manifest
+
+    manifest = read_manifest(site_dir)
+    assert set(part_k2[part_k2["site"] == "site_00"]["patient_id"]) <= set(manifest["patient_id"])
+    # the server's final model is the one that was scored
+    assert (out / "federated" / "seed0_n4_k2" / "final.pt").is_file()

@@ -91,12 +91,24 @@ def _draw(shape: tuple[int, int], polygons: list[np.ndarray], discs: list[np.nda
 
 
 def cluster_points(centres: np.ndarray, distance: float) -> np.ndarray:
-    """Single-linkage cluster labels (0..k-1) for calcification centres."""
-    if len(centres) <= 1:
-        return np.zeros(len(centres), dtype=int)
-    from scipy.cluster.hierarchy import fclusterdata
+    """Single-linkage cluster labels (0..k-1): points within `distance` of each other chain
+    into one cluster (union-find over the pairwise distances; n is at most a few hundred)."""
+    n = len(centres)
+    parent = list(range(n))
 
-    return fclusterdata(centres, t=distance, criterion="distance", method="single") - 1
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if n > 1:
+        d = np.sqrt(((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1))
+        for i, j in zip(*np.nonzero(np.triu(d <= distance, k=1))):
+            parent[root(int(i))] = root(int(j))
+    roots = [root(i) for i in range(n)]
+    order = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    return np.array([order[r] for r in roots], dtype=int)
 
 
 def rasterise_rois(

@@ -134,7 +134,7 @@ def cmd_synth(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from common.dicom import MIN_SIDE
+    from common.dicom import MIN_SIDE_ENV
 
     parser = argparse.ArgumentParser(prog="mammo-data", description="Dataset indexing, splits and preprocessing.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["paper", "crop"], default="paper")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--cache", help="cache root (default OUTDIR/cache)")
-    p.add_argument("--min-side", type=int, default=MIN_SIDE, help=f"smallest accepted image side (default {MIN_SIDE})")
+    p.add_argument("--min-side", type=int, default=None,
+                   help=f"smallest accepted image side in pixels (default 200, or ${MIN_SIDE_ENV})")
     p.add_argument("--no-masks", action="store_true", help="images only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_preprocess)

@@ -156,7 +156,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                    "image_path": [str(f) for f in files]})
             cache_root = Path(args.cache) if args.cache else Path(tmp)
         cache = ImageCache(cache_root, settings)
-        report = cache.build(images["image_path"].astype(str).tolist(), progress=not args.quiet)
+        report = cache.build(images["image_path"].astype(str).tolist(), workers=args.workers or None,
+                             progress=not args.quiet)
         bad = {str(p) for p, _ in report.skipped}
         for path, reason in report.skipped:
             print(f"skipped {path}: {reason}")
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="mean over the 4 flips (the paper's augmented prediction)")
     p.add_argument("--cache", help="preprocessing cache root (default INDEXDIR/cache, or a temporary folder)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0, help="processes preprocessing the images (0 = all cores)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)

@@ -30,14 +30,22 @@ class Acquired:
 
 
 def acquire(
-    density: np.ndarray, breast: np.ndarray, thickness: np.ndarray, profile: VendorProfile, rng: np.random.Generator
+    density: np.ndarray,
+    breast: np.ndarray,
+    thickness: np.ndarray,
+    profile: VendorProfile,
+    rng: np.random.Generator,
+    window_reference: np.ndarray | None = None,
 ) -> Acquired:
+    """`window_reference`: the lesion-free density, from which FFDM auto-windowing is set, so
+    that a lesion never shifts the VOI window (a global cue a classifier could exploit)."""
     scale = density.shape[0] / 1152.0
     if profile.blur_sigma_px * scale > 0.3:
         density = ndimage.gaussian_filter(density, profile.blur_sigma_px * scale)
     if profile.domain == "film":
         return _film(density, breast, profile, rng)
-    return _ffdm(density, breast, thickness, profile, rng)
+    reference = density if window_reference is None else window_reference
+    return _ffdm(density, breast, thickness, profile, rng, reference)
 
 
 def _correlated_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -91,23 +99,32 @@ def _film_artefacts(value: np.ndarray, breast: np.ndarray, profile: VendorProfil
         value[sl] = rng.uniform(0.88, 0.97)
 
 
+def _tone(log_signal: np.ndarray, profile: VendorProfile) -> np.ndarray:
+    x = np.clip(log_signal / (0.95 * profile.attenuation), 0.0, 1.0)
+    shown = x**profile.tone_gamma
+    return np.clip(shown + profile.tone_offset * 2.0 * shown * (1.0 - shown), 0.0, 1.0)
+
+
 def _ffdm(
-    density: np.ndarray, breast: np.ndarray, thickness: np.ndarray, profile: VendorProfile, rng: np.random.Generator
+    density: np.ndarray,
+    breast: np.ndarray,
+    thickness: np.ndarray,
+    profile: VendorProfile,
+    rng: np.random.Generator,
+    reference: np.ndarray,
 ) -> Acquired:
     h, w = density.shape
     k = profile.attenuation
     signal = np.exp(-k * density)
     signal = signal + profile.noise * np.sqrt(signal) * _correlated_noise((h, w), 0.5 * h / 1152.0, rng)
-    log_signal = -np.log(np.clip(signal, 1e-4, None))
     # Thickness equalisation: lift the thin periphery so the skin line stays visible.
-    log_signal += profile.periphery_equalisation * 0.3 * k * (1.0 - thickness) * breast
-    x = np.clip(log_signal / (0.95 * k), 0.0, 1.0)
-    shown = x**profile.tone_gamma
-    shown = np.clip(shown + profile.tone_offset * 2.0 * shown * (1.0 - shown), 0.0, 1.0)
+    equalise = profile.periphery_equalisation * 0.3 * k * (1.0 - thickness) * breast
+    shown = _tone(-np.log(np.clip(signal, 1e-4, None)) + equalise, profile)
     shown[~breast] *= 0.15  # processed background is near black
     maxv = float(2**profile.bits_stored - 1)
     stored = np.round(shown * maxv)
-    inside = stored[breast] if breast.any() else stored.ravel()
+    ref_shown = _tone(k * reference + equalise, profile) * maxv
+    inside = ref_shown[breast] if breast.any() else ref_shown.ravel()
     lo, hi = np.percentile(inside, [0.5, 99.8])
     center, width = (lo + hi) / 2.0, max((hi - lo) * 1.15, 16.0)
     photometric = "MONOCHROME1" if rng.random() < profile.mono1_fraction else "MONOCHROME2"

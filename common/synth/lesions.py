@@ -76,7 +76,7 @@ def _mass_radius_fn(spec: LesionSpec, radius: float, rng: np.random.Generator):
         elif spec.morphology == "lobulated":
             wob = _harmonics(theta, local, 2, 4, 0.09)
         elif spec.morphology == "irregular":
-            wob = _harmonics(theta, local, 3, 16, 0.14)
+            wob = _harmonics(theta, local, 3, 14, 0.2)
         else:  # spiculated: moderately irregular core, spicules added separately
             wob = _harmonics(theta, local, 3, 12, 0.08)
         return ell * np.clip(1.0 + wob, 0.45, 1.6)
@@ -90,11 +90,11 @@ def render_mass(spec: LesionSpec, center: tuple[float, float], image_width: int,
     r_of = _mass_radius_fn(spec, radius, rng)
     spicules = []
     if spec.morphology == "spiculated":
-        n = int(rng.integers(9, 20))
+        n = int(rng.integers(10, 22))
         angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-        lengths = radius * rng.uniform(0.7, 1.7, n)
+        lengths = radius * rng.uniform(0.8, 1.9, n)
         # At least ~5 px wide at 896-px width so they survive 4x downsampling.
-        widths = np.maximum(radius * rng.uniform(0.08, 0.13, n), image_width * 0.0055)
+        widths = np.maximum(radius * rng.uniform(0.06, 0.1, n), image_width * 0.0055)
         spicules = list(zip(angles, lengths, widths, rng.uniform(-0.25, 0.25, n)))
     reach = radius * 1.7 + (max((s[1] for s in spicules), default=0.0) if spicules else 0.0)
     cx, cy = center
@@ -104,7 +104,7 @@ def render_mass(spec: LesionSpec, center: tuple[float, float], image_width: int,
     dx, dy = xx - cx, yy - cy
     theta = np.arctan2(dy, dx)
     s = np.hypot(dx, dy) / r_of(theta)
-    edge = {"circumscribed": 0.035, "lobulated": 0.05, "irregular": 0.16, "spiculated": 0.12}[spec.morphology]
+    edge = {"circumscribed": 0.035, "lobulated": 0.05, "irregular": 0.1, "spiculated": 0.1}[spec.morphology]
     inside = 1.0 / (1.0 + np.exp(np.clip((s - 1.0) / edge, -50, 50)))
     dome = 0.6 + 0.4 * np.sqrt(np.clip(1.0 - s * s, 0.0, 1.0))
     contrast = spec.contrast * conspicuity

@@ -33,7 +33,7 @@ def sample_lesion(kind: str, pathology: str, rng: np.random.Generator, lesion_sc
     if kind == "mass":
         morph = str(rng.choice(MASS_MORPHOLOGIES["MALIGNANT" if malignant else "BENIGN"], p=(0.55, 0.45)))
         size = rng.uniform(0.08, 0.2) * (0.8 if morph == "spiculated" else 1.0)  # spicules add reach
-        contrast = rng.uniform(0.1, 0.19)
+        contrast = rng.uniform(0.14, 0.24)
     else:
         options = CALC_MORPHOLOGIES["MALIGNANT" if malignant else "BENIGN"]
         morph = str(rng.choice(options))

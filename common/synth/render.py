@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.synth.acquisition import Acquired, acquire
+from common.synth.incidental import add_incidental_findings
 from common.synth.lesions import LesionSpec, RenderedLesion, add_into, polygon_mask, render_lesion
 from common.synth.profiles import VendorProfile
 from common.synth.shapes import BreastGeometry, breast_geometry, skin_line
-from common.synth.texture import glandular_fraction, power_law_noise, ridges
+from common.synth.texture import glandular_fraction, power_law_noise, ridges, upsample
 
 FAT, GLAND, MUSCLE = 0.2, 0.62, 0.6  # projected density of fully compressed tissue
 
@@ -83,19 +84,6 @@ def _place(geometry: BreastGeometry, radius: float, taken: list[tuple[float, flo
     return x, y
 
 
-def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear 2x upsampling cropped to `shape` (much faster than ndimage.zoom)."""
-    a = a.astype(np.float32, copy=False)
-    h, w = a.shape
-    out = np.empty((2 * h, 2 * w), np.float32)
-    out[0::2, 0::2] = a
-    out[0::2, 1:-1:2] = 0.5 * (a[:, :-1] + a[:, 1:])
-    out[0::2, -1] = a[:, -1]
-    out[1:-1:2] = 0.5 * (out[0:-2:2] + out[2::2])
-    out[-1] = out[-2]
-    return out[: shape[0], : shape[1]]
-
-
 def _scaled(geometry: BreastGeometry, factor: int, shape: tuple[int, int]) -> BreastGeometry:
     if factor == 1:
         return geometry
@@ -123,8 +111,8 @@ def tissue_density(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarra
     trabeculae = ridges(strands) * (1.0 - 0.6 * frac)  # ligaments show best against fat
     density = small.thickness * (FAT + (GLAND - FAT) * frac + 0.07 * trabeculae)
     if spec.view == "MLO":
-        fibres = power_law_noise((hs, ws), 2.0, rng, stretch=(1.0, 0.3))
-        muscle = small.thickness * (MUSCLE + 0.03 * fibres)
+        fibres = power_law_noise((hs, ws), 3.0, rng)
+        muscle = small.thickness * (MUSCLE + 0.025 * fibres)
         density = density * (1.0 - small.pectoral) + muscle * small.pectoral
     geometry = _scaled(small, factor, (h, w))
     if factor > 1:
@@ -138,6 +126,8 @@ def tissue_density(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarra
 def render_image(spec: ImageSpec, conspicuity: float = 1.0) -> RenderedImage:
     rng = np.random.default_rng([spec.seed, spec.index])
     density, geometry = tissue_density(spec, rng)
+    add_incidental_findings(density, geometry, spec.view, rng, conspicuity)
+    lesion_free = density.copy()
     h, w = density.shape
     rois: list[RenderedRoi] = []
     taken: list[tuple[float, float, float]] = []
@@ -153,5 +143,5 @@ def render_image(spec: ImageSpec, conspicuity: float = 1.0) -> RenderedImage:
         ys, xs = np.nonzero(mask)
         bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 1, 1)
         rois.append(RenderedRoi(lesion_spec, lesion.polygon, mask, bbox, lesion.specks))
-    acquired = acquire(density, geometry.mask, geometry.thickness, spec.profile, rng)
+    acquired = acquire(density, geometry.mask, geometry.thickness, spec.profile, rng, lesion_free)
     return RenderedImage(spec, acquired, rois, geometry.mask, spec.profile.field_height_mm / h)

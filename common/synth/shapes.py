@@ -23,11 +23,12 @@ class BreastGeometry:
 
 
 def _angular_wobble(theta: np.ndarray, rng: np.random.Generator, amplitude: float, harmonics: int = 5) -> np.ndarray:
-    """Smooth random radial perturbation 1 + sum_k a_k cos(k theta + phi_k)."""
-    out = np.ones_like(theta)
+    """Smooth random radial perturbation 1 + sum_k a_k cos(k theta + phi_k) (via a 1-D table)."""
+    table_theta = np.linspace(-np.pi, np.pi, 1025)
+    table = np.ones_like(table_theta)
     for k in range(2, 2 + harmonics):
-        out += amplitude / k * rng.normal() * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    return out
+        table += amplitude / k * rng.normal() * np.cos(k * table_theta + rng.uniform(0, 2 * np.pi))
+    return np.interp(theta, table_theta, table).astype(np.float32)
 
 
 def breast_geometry(height: int, width: int, view: str, rng: np.random.Generator) -> BreastGeometry:
@@ -70,7 +71,7 @@ def breast_geometry(height: int, width: int, view: str, rng: np.random.Generator
 
 def _pectoral(yy: np.ndarray, xx: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Soft triangle in the upper chest-wall corner with a slightly convex front edge."""
-    top_width = width * rng.uniform(0.22, 0.4)
+    top_width = width * rng.uniform(0.18, 0.34)
     length = height * rng.uniform(0.42, 0.68)
     bulge = rng.uniform(0.6, 1.0)  # < 1: convex edge
     t = np.clip(yy / length, 0.0, 1.0)

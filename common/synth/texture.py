@@ -15,6 +15,19 @@ from common.synth.shapes import BreastGeometry
 DENSITY_BIAS = {1: -2.2, 2: -1.1, 3: 0.0, 4: 1.1}
 
 
+def upsample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear 2x upsampling cropped to `shape` (much faster than ndimage.zoom)."""
+    a = a.astype(np.float32, copy=False)
+    h, w = a.shape
+    out = np.empty((2 * h, 2 * w), np.float32)
+    out[0::2, 0::2] = a
+    out[0::2, 1:-1:2] = 0.5 * (a[:, :-1] + a[:, 1:])
+    out[0::2, -1] = a[:, -1]
+    out[1:-1:2] = 0.5 * (out[0:-2:2] + out[2::2])
+    out[-1] = out[-2]
+    return out[: shape[0], : shape[1]]
+
+
 def power_law_noise(
     shape: tuple[int, int], beta: float, rng: np.random.Generator, stretch: tuple[float, float] = (1.0, 1.0)
 ) -> np.ndarray:
@@ -60,9 +73,8 @@ def glandular_fraction(
     """Fraction of fibroglandular tissue (0 fat .. 1 gland) inside the breast, and the strand field."""
     shape = geometry.mask.shape
     h, w = shape
-    small = (max(h // 2, 16), max(w // 2, 16))  # low-frequency blobs need no full resolution
-    blobs = power_law_noise(small, 3.2, rng)
-    blobs = ndimage.zoom(blobs, (h / small[0], w / small[1]), order=1)[:h, :w]
+    small = (-(-h // 2), -(-w // 2))  # low-frequency blobs need no full resolution
+    blobs = upsample(power_law_noise(small, 3.2, rng), (h, w))
     lobules = power_law_noise(shape, 2.2, rng)  # fat lobules and fine parenchymal detail
     strands = radial_strands(geometry, rng, shape)
     # Gland sits behind the nipple and away from the skin (subcutaneous fat layer).

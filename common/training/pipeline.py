@@ -145,8 +145,9 @@ def open_run(config: dict[str, Any], index_dir: str | Path, run_dir: str | Path)
         by_id = dict(zip(images["image_id"].astype(str), images["image_path"].astype(str)))
         pairs = [(m, by_id[str(i)]) for i, m in zip(tables.rois["image_id"], tables.rois["mask_path"])
                  if str(i) in by_id]
+    workers = int(_section(config, "data").get("workers", 0)) or None  # 0 = all cores
     image_report, mask_report = cache.build_with_masks(images["image_path"].astype(str).tolist(), pairs,
-                                                       progress=bool(config.get("progress", True)))
+                                                       workers=workers, progress=bool(config.get("progress", True)))
     bad = {str(p) for p, _ in image_report.skipped}
     skipped = [(str(p), str(r)) for p, r in image_report.skipped + mask_report.skipped]
     for path, reason in skipped[:10]:
@@ -400,5 +401,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # strict JSON: NaN (e.g. AUC of a one-class split) becomes null
     return value

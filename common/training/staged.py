@@ -69,7 +69,7 @@ class TrainState:
     stage_index: int = 0
     epoch_in_stage: int = 0
     global_epoch: int = 0
-    best_metric: float = -math.inf
+    best_metric: float = math.nan  # NaN until a validation metric is available
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     optimizer: dict[str, Any] | None = None
@@ -166,11 +166,12 @@ def train_staged(
             stats = run_epoch(model, loader, optimizer, device, scaler=scaler, augmenter=augmenter,
                               class_balance=class_balance, progress=progress, desc=desc)
             metric = float(validate(model))
-            improved = not math.isnan(metric) and (metric > state.best_metric or state.best_epoch < 0)
-            if state.best_epoch < 0 and math.isnan(metric):
-                improved = True  # nothing to select on yet: keep the latest
+            if math.isnan(metric):  # no usable validation (yet): follow the latest epoch
+                improved = math.isnan(state.best_metric)
+            else:
+                improved = math.isnan(state.best_metric) or metric > state.best_metric
             if improved:
-                state.best_metric = metric if not math.isnan(metric) else -math.inf
+                state.best_metric = metric
                 state.best_epoch = state.global_epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             record = {"stage": state.stage_index + 1, "epoch": state.global_epoch + 1, "lr": stage.lr,

@@ -1,0 +1,128 @@
+"""Where the wall time of mammo-sim goes: Flower/Ray start-up and messaging vs. training.
+
+Default (short, < 2 min on 2 cores): a tiny whole-image model on a small synthetic
+INbreast-like dataset; one pooled fine-tuning and one federated fine-tuning (2 sites,
+2 rounds) with the same total epochs, through the real Flower Simulation Engine.
+
+    python benchmarks/bench_simulation.py                 # short run
+    python benchmarks/bench_simulation.py --quick         # the `quick` preset end to end (~10+ min)
+    python benchmarks/bench_simulation.py --from-run DIR  # analyse an existing mammo-sim output folder
+
+Figures printed side by side: total wall time, Ray start-up, Flower simulation time,
+summed round time, slowest site's training per round, per-round overhead (messaging,
+ClientApp set-up, federated evaluation), and the share of the federated wall time that is
+not training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fed_rows(run_json: dict) -> list[dict]:
+    return [j for j in run_json.get("grid", {}).get("jobs", []) if j.get("method") == "federated"]
+
+
+def report(out_dir: Path, wall: float | None = None) -> None:
+    record = json.loads((out_dir / "run.json").read_text())
+    timings = record.get("timings", {})
+    jobs = record.get("grid", {}).get("jobs", [])
+    fed = _fed_rows(record)
+    total = wall if wall is not None else float(timings.get("total", 0.0))
+    by_method: dict[str, float] = {}
+    for job in jobs:
+        by_method[job["method"]] = by_method.get(job["method"], 0.0) + float(job.get("seconds", 0.0))
+    print(f"\nmammo-sim timing ({out_dir})")
+    print(f"{'phase':<38}{'seconds':>10}{'share':>9}")
+    rows = [("source model (build or cache)", timings.get("source_model", 0.0)),
+            ("target data + image cache", timings.get("target_data", 0.0))]
+    rows += [(f"grid: {m} jobs", s) for m, s in sorted(by_method.items())]
+    for name, secs in rows:
+        print(f"{name:<38}{secs:>10.1f}{(secs / total if total else 0):>9.1%}")
+    print(f"{'total wall':<38}{total:>10.1f}")
+    if not fed:
+        return
+    ray_init = sum(float(j.get("ray_init_seconds", 0.0)) for j in fed)
+    sim = sum(float(j.get("simulation_seconds", 0.0)) for j in fed)
+    rounds = sum(float(j.get("round_seconds", 0.0)) for j in fed)
+    train = sum(float(j.get("max_site_train_seconds", 0.0)) for j in fed)
+    job_total = sum(float(j.get("seconds", 0.0)) for j in fed)
+    startup = max(0.0, sim - rounds)
+    print(f"\nfederated runs: {len(fed)}")
+    print(f"{'':<38}{'seconds':>10}{'of fed wall':>12}")
+    for name, secs in (("federated jobs wall (incl. scoring)", job_total), ("  Flower simulation", sim),
+                       ("    Ray init (ray.init)", ray_init),
+                       ("    start-up + shutdown (sim - rounds)", startup),
+                       ("    rounds (train + evaluate)", rounds),
+                       ("      slowest site's training", train),
+                       ("      overhead (messaging, eval, set-up)", rounds - train)):
+        print(f"{name:<38}{secs:>10.1f}{(secs / job_total if job_total else 0):>12.1%}")
+    print(f"share of federated wall time not spent training: {1 - train / job_total:.1%}" if job_total else "")
+
+
+def _tiny_inputs(work: Path) -> tuple[Path, Path]:
+    """A tiny whole-image checkpoint and a small synthetic INbreast-like release folder."""
+    import torch
+
+    from common.checkpoint import save_checkpoint
+    from common.models import build_model
+    from common.synth import generate_dataset
+
+    spec = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [[16, 16, 64, 1]]}, "num_classes": 2,
+            "dropout": 0.0}
+    torch.manual_seed(0)
+    model = build_model("whole_image", spec)
+    ckpt = work / "tiny.pt"
+    save_checkpoint(ckpt, model, kind="whole_image", model_spec=spec,
+                    preprocessing={"height": 128, "width": 96, "mode": "paper", "mean": 40.0},
+                    class_names=["not_malignant", "malignant"])
+    data = generate_dataset("inbreast", work / "inbreast", 20, 5, size=(320, 256), prevalence=0.5)
+    return ckpt, data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="run the quick preset end to end")
+    mode.add_argument("--from-run", type=Path, help="analyse an existing mammo-sim output folder")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
+    args = parser.parse_args()
+    if args.from_run:
+        report(args.from_run)
+        return 0
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench_sim_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "simulations.cli", "--out", str(work / "run")]
+    if args.quick:
+        cmd += ["--preset", "quick"]
+    else:
+        t0 = time.perf_counter()
+        ckpt, data = _tiny_inputs(work)
+        print(f"prepared tiny inputs in {time.perf_counter() - t0:.1f} s")
+        cmd += ["--preset", "quick", "--model", str(ckpt), "--inbreast", str(data), "--cache-dir", str(work / "cache"),
+                "--set", "experiment.sizes=[12]", "--set", "experiment.k_sites=[2]",
+                "--set", "experiment.methods=['pooled','federated']", "--set", "finetune.rounds=2",
+                "--set", "finetune.local_epochs=1", "--set", "finetune.batch_size=4"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        return proc.returncode
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    report(work / "run", wall)
+    print(f"peak RSS of the largest child process: {peak_mb:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
