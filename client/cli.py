@@ -29,7 +29,7 @@ from common.flower_proc import (
     toml_literal,
 )
 
-MAX_BACKOFF_S = 60.0
+MAX_BACKOFF_S = 30.0
 STABLE_RUN_S = 60.0  # a SuperNode that ran this long resets the back-off
 
 

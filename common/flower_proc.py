@@ -70,16 +70,62 @@ def start_daemon(cmd: list[str], env: dict[str, str], log_path: Path) -> subproc
         log.close()
 
 
-def stop_daemon(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
-    """SIGTERM (graceful: a SuperNode deregisters itself), then SIGKILL after `grace_s`."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def descendants(pid: int) -> list[int]:
+    """All processes below `pid` (Linux /proc; empty elsewhere). Flower detaches some helpers
+    into their own sessions, so killing a process group would miss them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pid: int) -> bool:
     try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is not alive
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stop_daemon(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM the daemon (graceful: a SuperNode deregisters itself) and every helper it spawned,
+    then SIGKILL whatever is left after `grace_s`."""
+    if proc is None:
+        return
+    tree = descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    _signal_all([p for p in tree if _alive(p)], signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.2)
+    _signal_all([p for p in tree if _alive(p)], signal.SIGKILL)
 
 
 def parse_address(address: str) -> tuple[str, int]:

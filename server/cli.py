@@ -143,7 +143,7 @@ def start_superlink(address: str, state: Path, env: dict[str, str]) -> subproces
     if port_in_use(host, port):
         raise MammoError(f"address {address} is already in use (another mammo-server or SuperLink?)")
     cmd = [
-        flower_binary("flower-superlink"),
+        sys.executable, "-m", "server.superlink_launch",  # flower-superlink, longer SQLite busy timeout
         "--insecure",
         "--host", host,
         "--port", str(port),
@@ -199,7 +199,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen) -> dict[str, Any]:
     """Print events until the run ends; return status.json (or a synthetic failure)."""
     table = Table()
-    offset = 0
+    offset = rundir.events.stat().st_size if rundir.events.exists() else 0  # --resume: only new events
     started_at = time.monotonic()
     seen_start = False
     while True:

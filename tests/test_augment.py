@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
-from common.augment import NO_AUGMENT, AugmentSettings, BatchAugmenter, augment_batch, flip_views, pixel_to_theta
+from common.augment import (
+    NO_AUGMENT,
+    AugmentSettings,
+    BatchAugmenter,
+    affine_grid,
+    augment_batch,
+    flip_views,
+    pixel_to_theta,
+)
 from common.errors import ConfigError
 
 
@@ -77,3 +85,22 @@ def test_settings_from_dict_and_flip_views() -> None:
     x = torch.arange(6.0).view(1, 1, 2, 3)
     views = flip_views(x)
     assert len(views) == 4 and torch.equal(views[3], torch.flip(x, dims=[-2, -1]))
+
+
+def test_fast_affine_grid_equals_torch() -> None:
+    theta = torch.randn(5, 2, 3, dtype=torch.float32)
+    expected = F.affine_grid(theta, [5, 1, 30, 22], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, 5, 30, 22), expected, atol=1e-6, rtol=0)
+
+
+def test_grey_fast_path_equals_per_channel_warp() -> None:
+    grey = torch.randn(4, 1, 40, 28) * 40
+    x3 = grey.expand(4, 3, 40, 28).contiguous()
+    out3 = augment_batch(x3, torch.Generator().manual_seed(4))
+    out1 = augment_batch(grey, torch.Generator().manual_seed(4))
+    assert torch.equal(out3, out1.expand(4, 3, 40, 28))
+    # distinct channels take the general path and match the grey result channel by channel
+    colour = torch.cat([grey, grey * 0.5, grey * 0.25], dim=1)
+    outc = augment_batch(colour, torch.Generator().manual_seed(4), replace(AugmentSettings(), intensity_shift=0.0))
+    ref = augment_batch(grey, torch.Generator().manual_seed(4), replace(AugmentSettings(), intensity_shift=0.0))
+    torch.testing.assert_close(outc[:, :1], ref, atol=1e-4, rtol=1e-5)

@@ -23,3 +23,7 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into `head` & co.: stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 0
