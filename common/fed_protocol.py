@@ -40,19 +40,25 @@ def batchnorm_prefixes(model: Any) -> list[str]:
     return [name for name, mod in model.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
 
 
+def c_contiguous(arr: Any) -> np.ndarray:
+    """C-ordered array keeping 0-d shapes (np.ascontiguousarray would turn () into (1,))."""
+    arr = np.asarray(arr)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")
+
+
 def state_to_numpy(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """torch state dict -> contiguous numpy arrays (CPU)."""
     out: dict[str, np.ndarray] = {}
     for k, v in state.items():
         arr = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-        out[k] = np.ascontiguousarray(arr)
+        out[k] = c_contiguous(arr)
     return out
 
 
 def numpy_to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> Any:
     from flwr.app import Array, ArrayRecord
 
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: Array(c_contiguous(v)) for k, v in arrays.items()})
 
 
 def arrayrecord_to_numpy(record: Any) -> dict[str, np.ndarray]:
@@ -63,7 +69,7 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     """Digest of weights in key order (name, dtype, shape, bytes): same weights -> same digest."""
     h = hashlib.sha256()
     for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
+        a = c_contiguous(arrays[k])
         h.update(k.encode())
         h.update(str(a.dtype).encode())
         h.update(str(a.shape).encode())

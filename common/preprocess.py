@@ -411,6 +411,17 @@ class ImageCache:
         return _read_png(out) > 0
 
     # --- batch
+    def _is_cached(self, item: tuple[str, tuple[str, ...]]) -> bool:
+        """True when an entry's image is already cached (and it has no masks to build)."""
+        image_path, mask_paths = item
+        if mask_paths:
+            return False
+        try:
+            png = self.image_file(image_path)
+        except DataError:
+            return False
+        return png.is_file() and png.with_suffix(".json").is_file()
+
     def _build_entry(self, item: tuple[str, tuple[str, ...]]) -> tuple[_Outcome, list[_Outcome]]:
         """One image and its masks (the masks need the image's geometry)."""
         image_path, mask_paths = item
@@ -450,6 +461,8 @@ class ImageCache:
             by_image.setdefault(str(image), []).append(str(mask))
         items = [(image, tuple(masks)) for image, masks in by_image.items()]
         start = time.perf_counter()
+        if (workers is None or workers > 1) and all(self._is_cached(item) for item in items):
+            workers = 1  # all hits: a process pool (it imports torch) would cost seconds per call (engineer E)
         results = _run_pool(self._build_entry, items, workers, progress)
         seconds = time.perf_counter() - start
         keep = set(wanted)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,7 @@ def load_settings(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
     config["initial-model"] = str(args.model.resolve())
     config["out-dir"] = str(rundir)
     config["resume"] = bool(args.resume)
+    config["launch-id"] = uuid.uuid4().hex[:12]
     if args.rounds is not None:
         config["num-server-rounds"] = args.rounds
     if args.min_sites is not None:
@@ -211,11 +213,15 @@ def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess
                         break
                     offset += len(raw.encode())
                     ev = json.loads(raw)
+                    if ev.get("launch_id") != rundir.launch_id:
+                        continue  # a stale ServerApp of an earlier (killed) launch
                     seen_start |= ev.get("event") in ("started", "failed")
                     text = table.line(ev)
                     if text:
                         say(text)
         status = _read_status(rundir)
+        if status and status.get("launch_id") != rundir.launch_id:
+            status = None
         if status and status.get("status") in ("completed", "failed"):
             return status
         if superlink.poll() is not None:
@@ -256,6 +262,7 @@ def _main(argv: list[str] | None = None) -> int:
     check_model(args.model)
     rundir = RunDir(args.out.resolve())
     config = load_settings(args, rundir.root)
+    rundir.launch_id = config["launch-id"]
     check_rundir(rundir, args.resume)
     state = rundir.root / ".superlink"
     flwr_home = state / "flwr-home"

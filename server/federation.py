@@ -60,7 +60,8 @@ def federation_id(out_dir: str) -> str:
 def run_federation(grid: Any, settings: FederationSettings, run_id: int) -> None:
     if not settings.out_dir:
         raise ConfigError("run config out-dir is empty: the coordinator needs a run folder")
-    rundir = RunDir(settings.out_dir)
+    rundir = RunDir(settings.out_dir, settings.launch_id)
+    rundir.lock()
     try:
         _run(grid, settings, rundir, run_id)
     except Exception as exc:

@@ -43,9 +43,26 @@ def _json_safe(value: Any) -> Any:
 
 
 class RunDir:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, launch_id: str = "") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.launch_id = launch_id
+        self._lock_fh: Any = None
+
+    def lock(self, timeout_s: float = 120.0) -> None:
+        """Exclusive writer lock: a stale ServerApp of a killed launch must finish before we write."""
+        import fcntl
+
+        self._lock_fh = open(self.root / ".writer.lock", "w")  # noqa: SIM115 - held for the run
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise MammoError(f"{self.root} is being written by another ServerApp") from None
+                time.sleep(1.0)
 
     # paths
     def round_checkpoint(self, rnd: int) -> Path:
@@ -85,12 +102,14 @@ class RunDir:
 
     # events (mammo-server tails this to print its table)
     def event(self, kind: str, **fields: Any) -> None:
-        line = json.dumps(_json_safe({"time": time.time(), "event": kind, **fields}), sort_keys=True)
+        record = {"time": time.time(), "event": kind, "launch_id": self.launch_id, **fields}
+        line = json.dumps(_json_safe(record), sort_keys=True)
         with open(self.events, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
     def set_status(self, status: str, **fields: Any) -> None:
-        atomic_write_text(self.status_file, json.dumps(_json_safe({"status": status, **fields}), indent=1))
+        record = {"status": status, "launch_id": self.launch_id, **fields}
+        atomic_write_text(self.status_file, json.dumps(_json_safe(record), indent=1))
 
     # metrics
     def load_rows(self) -> list[dict[str, Any]]:

@@ -51,6 +51,7 @@ class FederationSettings:
     threshold: float = 0.5
     evaluate_initial: bool = True
     resume: bool = False
+    launch_id: str = ""  # set by mammo-server: tags events/status so a stale ServerApp is ignored
     # simulation: site folders are the sorted subfolders of sites-dir
     sites_dir: str = ""
 

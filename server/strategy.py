@@ -53,7 +53,7 @@ def aggregate(
     strategy: Any, server_round: int, global_arrays: dict[str, np.ndarray], accepted: list[Screened]
 ) -> dict[str, np.ndarray]:
     """New global weights from the accepted replies (keys the sites did not send stay as they are)."""
-    from flwr.app import Message, MetricRecord, RecordDict
+    from flwr.app import MetricRecord, RecordDict
 
     sent_keys = sorted(accepted[0].arrays or {})
     float_keys = [k for k in sent_keys if _is_float(global_arrays[k])]
@@ -67,7 +67,7 @@ def aggregate(
                 P.METRICS: MetricRecord({"num-examples": int(rep.metrics["num-examples"])}),
             }
         )
-        messages.append(Message(content, 0, "train"))
+        messages.append(_Reply(content))
     if hasattr(strategy, "current_arrays"):  # FedOpt: what its configure_train would have set
         strategy.current_arrays = {k: global_arrays[k] for k in float_keys}
     new_record, _metrics = strategy.aggregate_train(server_round, messages)
@@ -82,6 +82,20 @@ def aggregate(
         mean = sum(w * rep.arrays[k].astype(np.float64) for w, rep in zip(weights, accepted, strict=True))
         new[k] = np.rint(mean).astype(global_arrays[k].dtype)
     return new
+
+
+class _Reply:
+    """The part of a reply Message that `Strategy.aggregate_train` reads (already screened, no error).
+
+    Building real Messages needs a running Flower task context, which unit tests and
+    simulations may not have; the strategy only calls `has_error()` and `.content`.
+    """
+
+    def __init__(self, content: Any) -> None:
+        self.content = content
+
+    def has_error(self) -> bool:
+        return False
 
 
 def save_strategy_state(strategy: Any, path: Path) -> None:

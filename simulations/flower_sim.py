@@ -87,6 +87,7 @@ def _init_ray(config: dict[str, Any], threads_per_site: int) -> float:
     os.environ["OMP_NUM_THREADS"] = str(threads_per_site)
     os.environ["MKL_NUM_THREADS"] = str(threads_per_site)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning on CPU hosts
     if ray.is_initialized():
         ray.shutdown()
     start = time.perf_counter()
@@ -123,6 +124,7 @@ def run_federation(
     if not (app_dir / "pyproject.toml").is_file():
         raise ConfigError(f"Flower app not found: {app_dir}/pyproject.toml")
     fused = _fused_run_config(app_dir, run_config)
+    _quiet_logs()
     threads = max(1, int(backend["client_resources"]["num_cpus"]))
     timing = SimulationTiming()
     start = time.perf_counter()
@@ -158,6 +160,13 @@ def run_federation(
         _shutdown_ray()
         timing.total = time.perf_counter() - start
     return timing
+
+
+def _quiet_logs() -> None:
+    """Flower prints its own INFO lines (rounds, AUC); stop them repeating through the root logger."""
+    logging.getLogger("flwr").propagate = False
+    for name in ("alembic", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _random_id() -> int:

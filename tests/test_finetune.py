@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,3 +147,15 @@ def test_finetune_input_errors(tmp_path) -> None:
     with pytest.raises(MammoError, match="reference state lacks"):
         finetune(_whole_model(), WholeImageDataset(images, cache, 0.0, False),
                  FineTuneConfig(proximal_mu=0.1), CPU, reference_state={})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_finetune_on_cuda_uses_amp_and_matches_contract(tmp_path) -> None:
+    images, cache = whole_image_set(tmp_path, n=8)
+    ds = WholeImageDataset(images, cache, mean=40.0, augment=True)
+    model = _whole_model()
+    out = finetune(model, ds, FineTuneConfig(epochs=1, lr=1e-3, batch_size=4, proximal_mu=0.01), torch.device("cuda"))
+    assert out["steps"] == 2 and np.isfinite(out["train_loss"])
+    assert next(model.parameters()).device.type == "cuda"
+    scores = predict_scores(model, ds, torch.device("cuda"), tta=True)
+    assert scores.shape == (8,) and ((scores >= 0) & (scores <= 1)).all()

@@ -152,6 +152,11 @@ def test_paper_preset_geometry_on_meta_device() -> None:
             assert fmap.shape[-2:] == (36, 28)
             assert model.top(fmap).shape == (1, channels, 9, 7)
             assert model(torch.empty(2, 3, 1152, 896)).shape == (2, 2)
+        # heatmap + max-pool 5x5 + FC: 36x28 -> avg-pool 7 -> 30x22 heatmap -> 6x4 -> 5 * 24 = 120 values
+        hfc = build_model("whole_image", {"trunk": "resnet50", "top": PAPER_TOPS["heatmap_fc"],
+                                          "input_size": [1152, 896]})
+        assert hfc.top.flat_features == 120 and hfc.top.out_features == 32 + 120
+        assert hfc(torch.empty(2, 3, 1152, 896)).shape == (2, 2)
 
 
 @pytest.mark.slow

@@ -107,6 +107,12 @@ def test_rerun_reuses_finished_steps(run_dir: Path, index_dir: Path, tmp_path: P
     assert train_main(["run", "--data", str(index_dir), "--out", str(run_dir), *_sets()]) == 0
     assert (run_dir / "patch_model.pt").stat().st_mtime_ns == patch_before  # reused
     assert (run_dir / "whole_image.pt").stat().st_mtime_ns == before  # training already finished: resumed as done
+    # a changed patch setting retrains the patch classifier (and restarts the whole-image training)
+    assert train_main(["run", "--data", str(index_dir), "--out", str(run_dir),
+                       *_sets(["patch_train.stage3.epochs=2"])]) == 0
+    assert (run_dir / "patch_model.pt").stat().st_mtime_ns != patch_before
+    assert len(load_checkpoint(run_dir / "patch_model.pt").provenance["history"]) == 4
+    assert (run_dir / "whole_image.pt").stat().st_mtime_ns != before
 
 
 def test_predict_on_dicoms_and_index(run_dir: Path, index_dir: Path, tmp_path: Path) -> None:

@@ -17,9 +17,7 @@ MODEL_KINDS = ("patch", "whole_image")
 def build_model(kind: str, spec: dict[str, Any]) -> nn.Module:
     """`kind` is "patch" or "whole_image"; the model carries `.spec` (normalised) and `.arch`."""
     if kind == "patch":
-        model = build_patch_model(spec)
-        model.spec = normalize_patch_spec(spec)
-        return model
+        return build_patch_model(spec)
     if kind == "whole_image":
         return build_whole_model(spec)
     raise ConfigError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")

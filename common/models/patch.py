@@ -111,6 +111,7 @@ class PatchModel(nn.Module):
     def __init__(self, arch: str, num_classes: int = 5, dropout: float = 0.0) -> None:
         super().__init__()
         self.arch = arch
+        self.spec = {"arch": arch, "num_classes": num_classes, "dropout": float(dropout)}
         self.trunk = build_trunk(arch)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.dropout = nn.Dropout(dropout)

@@ -41,10 +41,10 @@ def add_incidental_findings(
     """Add label-independent benign findings to `density` in place (never annotated)."""
     w = density.shape[1]
     extra = np.zeros_like(density)
-    if rng.random() < 0.6:  # scattered punctate / round benign calcifications
-        n = int(rng.integers(1, 7))
+    if rng.random() < 0.55:  # scattered punctate / round benign calcifications
+        n = int(rng.integers(1, 8))
         for x, y in _inside_points(geometry, n, rng):
-            _stamp(extra, x, y, w * rng.uniform(0.003, 0.009), rng.uniform(0.3, 0.6) * conspicuity)
+            _stamp(extra, x, y, w * rng.uniform(0.0025, 0.007), rng.uniform(0.25, 0.5) * conspicuity)
     if rng.random() < 0.25:  # vascular calcification: tram-track along a smooth curve
         pts = _inside_points(geometry, 1, rng)
         if len(pts):
@@ -52,12 +52,16 @@ def add_incidental_findings(
             angle, length = rng.uniform(0, 2 * np.pi), w * rng.uniform(0.12, 0.3)
             steps = int(length / max(w * 0.002, 0.5))
             curve = np.cumsum(rng.normal(0, 0.04, steps)) + angle
-            value = rng.uniform(0.2, 0.35) * conspicuity
-            for a in curve:
+            value = rng.uniform(0.12, 0.25) * conspicuity
+            visible = rng.random(steps) < 0.75  # calcified wall is patchy
+            for a, show in zip(curve, visible):
                 x, y = x + np.cos(a) * w * 0.002, y + np.sin(a) * w * 0.002
-                nx, ny = -np.sin(a) * w * 0.003, np.cos(a) * w * 0.003
-                _stamp(extra, x + nx, y + ny, w * 0.0018, value)
-                _stamp(extra, x - nx, y - ny, w * 0.0018, value)
+                if not show:
+                    continue
+                nx, ny = -np.sin(a) * w * 0.0025, np.cos(a) * w * 0.0025
+                v = value * rng.uniform(0.6, 1.0)
+                _stamp(extra, x + nx, y + ny, w * 0.0014, v)
+                _stamp(extra, x - nx, y - ny, w * 0.0014, v)
     if view == "MLO" and rng.random() < 0.5:  # axillary lymph node near the pectoral edge
         ys, xs = np.nonzero((geometry.pectoral > 0.05) & (geometry.pectoral < 0.5) & geometry.mask)
         if len(ys):

@@ -44,6 +44,10 @@ class RenderedLesion:
     window: tuple[int, int, int, int]  # y0, y1, x0, x1 in image coordinates
     polygon: np.ndarray  # (N, 2) float x, y in image coordinates (the ROI outline)
     specks: list[tuple[float, float, float]] = field(default_factory=list)  # (x, y, radius) for calcifications
+    # Masses displace tissue: `density` is then a 0..1 weight pulling the local density towards
+    # glandular density + `blend_excess` (so a mass is about as dense as gland, not brighter than
+    # everything; it is masked in dense breasts and conspicuous in fatty ones, as in real images).
+    blend_excess: float | None = None
 
 
 def polygon_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -74,7 +78,7 @@ def _mass_radius_fn(spec: LesionSpec, radius: float, rng: np.random.Generator):
         if spec.morphology == "circumscribed":
             wob = _harmonics(theta, local, 2, 4, 0.015)
         elif spec.morphology == "lobulated":
-            wob = _harmonics(theta, local, 2, 4, 0.09)
+            wob = _harmonics(theta, local, 2, 3, 0.1) + _harmonics(theta, local, 5, 7, 0.03)
         elif spec.morphology == "irregular":
             wob = _harmonics(theta, local, 3, 14, 0.2)
         else:  # spiculated: moderately irregular core, spicules added separately
@@ -107,11 +111,11 @@ def render_mass(spec: LesionSpec, center: tuple[float, float], image_width: int,
     edge = {"circumscribed": 0.035, "lobulated": 0.05, "irregular": 0.1, "spiculated": 0.1}[spec.morphology]
     inside = 1.0 / (1.0 + np.exp(np.clip((s - 1.0) / edge, -50, 50)))
     dome = 0.6 + 0.4 * np.sqrt(np.clip(1.0 - s * s, 0.0, 1.0))
-    contrast = spec.contrast * conspicuity
-    density = contrast * dome * inside
+    mottle = 1.0 + 0.08 * np.cos(dx * 0.7 / max(radius * 0.15, 1.0)) * np.cos(dy * 0.6 / max(radius * 0.15, 1.0))
+    density = 0.72 * dome * inside * mottle
     for ang, length, width, bend in spicules:
         base = r_of(np.array([ang]))[0] * 0.85
-        density = np.maximum(density, contrast * 0.75 * _spicule(dx, dy, ang, base, length, width, bend))
+        density = np.maximum(density, 0.6 * _spicule(dx, dy, ang, base, length, width, bend))
     # ROI outline: the core, plus spikes where annotators traced the spicules.
     thetas = np.linspace(0, 2 * np.pi, 240, endpoint=False)
     margin = {"circumscribed": 1.04, "lobulated": 1.05, "irregular": 1.1, "spiculated": 1.08}[spec.morphology]
@@ -124,7 +128,8 @@ def render_mass(spec: LesionSpec, center: tuple[float, float], image_width: int,
         r_roi = np.maximum(r_roi, spike)
     polygon = np.stack([cx + r_roi * np.cos(thetas), cy + r_roi * np.sin(thetas)], axis=1)
     window = (y0, y0 + 2 * half + 1, x0, x0 + 2 * half + 1)
-    return RenderedLesion(spec, density.astype(np.float32), window, polygon)
+    excess = (spec.contrast - 0.1) * conspicuity
+    return RenderedLesion(spec, density.astype(np.float32), window, polygon, blend_excess=excess)
 
 
 def _spicule(dx, dy, ang, base, length, width, bend) -> np.ndarray:
@@ -216,14 +221,19 @@ def render_lesion(spec: LesionSpec, center: tuple[float, float], image_width: in
     return render_calcifications(spec, center, image_width, conspicuity)
 
 
-def add_into(image: np.ndarray, lesion: RenderedLesion, weight: np.ndarray | None = None) -> None:
-    """Add the lesion density into `image` in place (clipped at the borders)."""
+def add_into(image: np.ndarray, lesion: RenderedLesion, thickness: np.ndarray, gland: float) -> None:
+    """Put the lesion into the projected density `image` in place (clipped at the borders)."""
     y0, y1, x0, x1 = lesion.window
     h, w = image.shape
     cy0, cy1, cx0, cx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
     if cy0 >= cy1 or cx0 >= cx1:
         return
     patch = lesion.density[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    if weight is not None:
-        patch = patch * weight[cy0:cy1, cx0:cx1]
-    image[cy0:cy1, cx0:cx1] += patch
+    region = image[cy0:cy1, cx0:cx1]
+    if lesion.blend_excess is None:
+        region += patch
+        return
+    t = thickness[cy0:cy1, cx0:cx1]
+    target = t * (gland + lesion.blend_excess)
+    floor = 0.5 * lesion.blend_excess * t  # still visible (if subtle) inside dense tissue
+    region += patch * np.maximum(target - region, floor)

@@ -33,7 +33,7 @@ def sample_lesion(kind: str, pathology: str, rng: np.random.Generator, lesion_sc
     if kind == "mass":
         morph = str(rng.choice(MASS_MORPHOLOGIES["MALIGNANT" if malignant else "BENIGN"], p=(0.55, 0.45)))
         size = rng.uniform(0.08, 0.2) * (0.8 if morph == "spiculated" else 1.0)  # spicules add reach
-        contrast = rng.uniform(0.14, 0.24)
+        contrast = rng.uniform(0.16, 0.26)  # 0.06-0.16 denser than gland
     else:
         options = CALC_MORPHOLOGIES["MALIGNANT" if malignant else "BENIGN"]
         morph = str(rng.choice(options))
@@ -82,7 +82,7 @@ def plan_inbreast(n_patients: int, opts: PlanOptions, profile: VendorProfile) ->
             elif role == "b3" and side == special_side:
                 kind = "mass" if rng.random() < 0.5 else "calcification"
                 breast[side] = ("3", 0, (sample_lesion(kind, "BENIGN", rng, opts.lesion_scale),))
-            elif rng.random() < 0.45:  # BI-RADS 2: benign findings
+            elif rng.random() < 0.6:  # BI-RADS 2: benign findings (common in INbreast)
                 kind = "mass" if rng.random() < 0.5 else "calcification"
                 breast[side] = ("2", 0, (sample_lesion(kind, "BENIGN", rng, opts.lesion_scale),))
             else:

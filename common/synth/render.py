@@ -136,7 +136,7 @@ def render_image(spec: ImageSpec, conspicuity: float = 1.0) -> RenderedImage:
         center = _place(geometry, radius * 1.3, taken, rng)
         taken.append((center[0], center[1], radius * 1.3))
         lesion: RenderedLesion = render_lesion(lesion_spec, center, w, conspicuity)
-        add_into(density, lesion)
+        add_into(density, lesion, geometry.thickness, GLAND)
         mask = polygon_mask(lesion.polygon, h, w) & geometry.mask
         if not mask.any():
             mask = polygon_mask(lesion.polygon, h, w)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from common.baseline import BaselineSettings, TwoStepBaseline, dataset_heatmaps
-from common.checkpoint import PATCH_CLASSES, load_checkpoint, save_checkpoint
+from common.checkpoint import PATCH_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from common.data import PatchDataset, WholeImageDataset
 from common.device import select_device, seed_everything, set_cpu_threads
 from common.errors import ConfigError, DataError, MammoError
@@ -234,7 +234,8 @@ def step_train_patch(ctx: RunContext, pretrained: str | None = None, patches_dir
                                    "image_width": ctx.preprocessing["width"]},
                     class_names=PATCH_CLASSES,
                     provenance={"step": "train-patch", "index_dir": str(ctx.index_dir), "seed": ctx.seed,
-                                "pretrained": weights or None, "history": result.history},
+                                "pretrained": weights or None, "history": result.history,
+                                "patch_config": patch_config(ctx.config)},
                     metrics=metrics)
     ctx.timings["train_patch"] = result.seconds
     log.info("patch classifier: val accuracy %.4f (epoch %d) -> %s", result.best_metric, result.best_epoch + 1,
@@ -374,15 +375,35 @@ def step_baseline(ctx: RunContext, patch_model: Path | None = None, split: str =
     return out
 
 
+def patch_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings a patch classifier depends on (a finished one is reused only if they match)."""
+    return {k: config.get(k) for k in ("seed", "patches", "patch_model", "patch_train")}
+
+
+def _reusable_patch_model(ctx: RunContext) -> bool:
+    if not ctx.paths.patch_model.is_file():
+        return False
+    try:
+        meta = read_checkpoint_meta(ctx.paths.patch_model)
+    except DataError:
+        return False
+    return meta.get("provenance", {}).get("patch_config") == json.loads(json.dumps(patch_config(ctx.config)))
+
+
 def run_pipeline(ctx: RunContext, pretrained: str | None = None, resume: bool = True) -> dict[str, Any]:
-    """patches -> patch classifier -> whole-image classifier -> evaluation, timings in metrics.json."""
+    """patches -> patch classifier -> whole-image classifier -> evaluation, timings in metrics.json.
+
+    With `resume`, finished steps whose settings did not change are reused and an interrupted
+    whole-image training continues from its saved state.
+    """
     start = time.perf_counter()
-    step_patches(ctx)
-    if not (resume and ctx.paths.patch_model.is_file()):
-        patch_metrics = step_train_patch(ctx, pretrained)
-    else:
+    report = step_patches(ctx)
+    if resume and report.reused and _reusable_patch_model(ctx):
         patch_metrics = load_checkpoint(ctx.paths.patch_model).metrics
         log.info("reusing %s", ctx.paths.patch_model)
+    else:
+        patch_metrics = step_train_patch(ctx, pretrained)
+        resume = False  # a new patch classifier invalidates any whole-image state
     whole = step_train_whole(ctx, resume=resume)
     metrics = step_evaluate(ctx)
     metrics["val_auc_selection"] = whole["val_auc"]

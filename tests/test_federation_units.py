@@ -1,0 +1,209 @@
+"""Fast checks of the federation pieces (no Flower daemons): settings, screening, aggregation,
+strategy state, evaluation pooling, site split, CLI input errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import fed_protocol as P
+from common.errors import ConfigError
+from common.metrics import auc, score_histograms
+from server.evaluation import summarize
+from server.settings import FederationSettings
+from server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
+from server.validate import ArraySpec, Screened, check_arrays, screen
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_run_config_keys_agree_everywhere():
+    """Preset, FAB pyproject and the settings dataclass list the same keys with the same defaults."""
+    preset = tomllib.loads((ROOT / "common/presets/federation.toml").read_text())
+    app = tomllib.loads((ROOT / "server/flower_app/pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    fields = FederationSettings().to_run_config()
+    assert set(preset) == set(app) == set(fields)
+    for key, value in preset.items():
+        assert app[key] == value, key
+        assert fields[key] == value, key
+
+
+def test_settings_reject_bad_values_and_default_from_empty_config():
+    assert FederationSettings.from_run_config({}) == FederationSettings()  # simulation passes {}
+    with pytest.raises(ConfigError, match="strategy"):
+        FederationSettings.from_run_config({"strategy": "scaffold"})
+    with pytest.raises(ConfigError, match="num-server-rounds"):
+        FederationSettings.from_run_config({"num-server-rounds": "many"})
+
+
+@pytest.fixture()
+def task_identity():
+    """Real reply Messages need Flower's task context (set by flwr-serverapp in production)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+
+
+def _reply(node_arrays: dict[str, np.ndarray] | None, metrics: dict, site: str = "a", status: str = "ok"):
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "DataError: bad"})})
+    if metrics:
+        content[P.METRICS] = MetricRecord(metrics)
+    if node_arrays is not None:
+        content[P.ARRAYS] = P.numpy_to_arrayrecord(node_arrays)
+    return Message(content, 1, "train")
+
+
+GOOD = {"w": np.ones((2, 3), np.float32), "n": np.array(5, np.int64)}
+SPECS = {"w": ArraySpec((2, 3), "float32"), "n": ArraySpec((), "int64")}
+TRAIN_M = {"num-examples": 4, "train-loss": 0.5, "train-seconds": 1.0}
+
+
+def test_screen_names_the_site_and_the_problem(task_identity):
+    nan = {**GOOD, "w": GOOD["w"].copy()}
+    nan["w"][0, 0] = np.nan
+    replies = {
+        1: _reply(GOOD, TRAIN_M, "good"),
+        2: _reply(nan, TRAIN_M, "nan-site"),
+        3: _reply({"w": np.ones((3, 2), np.float32), "n": GOOD["n"]}, TRAIN_M, "shape-site"),
+        4: _reply({"w": GOOD["w"]}, TRAIN_M, "keys-site"),
+        5: _reply(None, {}, "broken-site", status="error"),
+        6: _reply(GOOD, {"num-examples": 4, "loss": 0.5, "train-seconds": 1.0}, "metric-site"),
+    }
+    accepted, rejected = screen(replies, True, SPECS)
+    assert [a.site for a in accepted] == ["good"]
+    reasons = {r.site: r.reason for r in rejected}
+    assert "NaN/Inf" in reasons["nan-site"]
+    assert "shape (3, 2)" in reasons["shape-site"]
+    assert "missing 1 weight" in reasons["keys-site"] and "'n'" in reasons["keys-site"]
+    assert reasons["broken-site"] == "site error: DataError: bad"
+    assert "metric names" in reasons["metric-site"]
+
+
+def test_check_arrays_rejects_inf_and_dtype():
+    assert check_arrays(GOOD, SPECS) is None
+    assert "dtype" in check_arrays({**GOOD, "w": GOOD["w"].astype(np.float64)}, SPECS)
+    assert "NaN/Inf" in check_arrays({**GOOD, "w": np.full((2, 3), np.inf, np.float32)}, SPECS)
+
+
+def _screened(site: str, w: float, n_ex: int, count: int) -> Screened:
+    arrays = {"w": np.full((2, 3), w, np.float32), "n": np.array(count, np.int64)}
+    return Screened(node=0, site=site, arrays=arrays, metrics={"num-examples": n_ex})
+
+
+def test_fedavg_weights_by_examples_and_keeps_dtypes():
+    s = FederationSettings(strategy="fedavg", min_sites=2)
+    glob = {"w": np.zeros((2, 3), np.float32), "n": np.array(0, np.int64), "bn.running_mean": np.ones(3, np.float32)}
+    new = aggregate(build_strategy(s), 1, glob, [_screened("a", 1.0, 1, 10), _screened("b", 4.0, 3, 20)])
+    np.testing.assert_allclose(new["w"], 3.25)  # (1*1 + 4*3) / 4
+    assert new["w"].dtype == np.float32 and new["n"].dtype == np.int64 and int(new["n"]) == 18
+    np.testing.assert_array_equal(new["bn.running_mean"], 1.0)  # not sent (FedBN) -> kept
+
+
+def test_fedadam_state_survives_save_and_load(tmp_path):
+    s = FederationSettings(strategy="fedadam", min_sites=2, eta=0.1, tau=1e-3)
+    strat = build_strategy(s)
+    glob = {"w": np.zeros((2, 3), np.float32)}
+    reps = [Screened(0, "a", {"w": np.ones((2, 3), np.float32)}, {"num-examples": 1})] * 2
+    after1 = aggregate(strat, 1, glob, reps)
+    save_strategy_state(strat, tmp_path / "s.npz")
+    fresh = build_strategy(s)
+    assert load_strategy_state(fresh, tmp_path / "s.npz") == 2  # m_t and v_t
+    np.testing.assert_allclose(fresh.m_t["w"], strat.m_t["w"])
+    # Round 2 from the restored strategy = round 2 of the uninterrupted one.
+    a = aggregate(strat, 2, after1, reps)
+    b = aggregate(fresh, 2, after1, reps)
+    np.testing.assert_allclose(a["w"], b["w"])
+    assert not np.allclose(after1["w"], 0.0)
+
+
+def test_pooled_auc_from_site_histograms_matches_concatenated_scores():
+    rng = np.random.default_rng(0)
+    sites, all_y, all_s = [], [], []
+    for name in ("a", "b", "c"):
+        y = rng.integers(0, 2, 40)
+        s = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1)
+        neg, pos = score_histograms(y, s, bins=1000)
+        metrics = {"num-examples": 40, "num-pos": int(y.sum()), "hist-neg": neg.tolist(), "hist-pos": pos.tolist()}
+        sites.append(Screened(0, name, None, metrics))
+        all_y.append(y)
+        all_s.append(s)
+    summary = summarize(sites, 1000, 0.5)
+    y, s = np.concatenate(all_y), np.concatenate(all_s)
+    assert summary.pooled_auc == pytest.approx(auc(y, s), abs=2e-3)
+    assert summary.n_pos == int(y.sum()) and set(summary.site_auc) == {"a", "b", "c"}
+    # A mean of per-site AUCs is NOT the pooled AUC in general; make sure we did not average.
+    assert summary.pooled_auc != pytest.approx(np.mean(list(summary.site_auc.values())), abs=1e-12)
+
+
+def test_local_split_is_stratified_saved_and_stable(tmp_path):
+    import pandas as pd
+
+    from client.site import SiteInfo, site_subsets
+
+    images = pd.DataFrame({
+        "image_id": [f"i{k}" for k in range(40)],
+        "image_path": [f"/x/{k}.dcm" for k in range(40)],
+        "patient_id": [f"p{k // 4}" for k in range(40)],
+        "label": [1 if (k // 4) % 2 else 0 for k in range(40)],
+    })
+    site = SiteInfo("a", tmp_path, tmp_path / "state", {})
+    train, val = site_subsets(site, images, 0.3, seed=0)
+    assert set(train["patient_id"]).isdisjoint(set(val["patient_id"]))
+    assert val["label"].nunique() == 2 and train["label"].nunique() == 2
+    again_train, again_val = site_subsets(site, images, 0.5, seed=99)  # saved split wins
+    assert list(again_val["image_id"]) == list(val["image_id"])
+
+
+def test_resolve_site_deployment_and_simulation(tmp_path):
+    from client.site import resolve_site
+
+    (tmp_path / "b-site").mkdir()
+    (tmp_path / "a-site").mkdir()
+    dep = resolve_site({"site": "h1", "data-dir": str(tmp_path / "a-site")}, {})
+    assert dep.name == "h1" and dep.state_dir == tmp_path / "a-site" / ".mammo-fl"
+    sim = resolve_site({"partition-id": 1, "num-partitions": 2}, {"sites-dir": str(tmp_path)})
+    assert sim.name == "b-site"
+    with pytest.raises(ConfigError, match="sites-dir"):
+        resolve_site({"partition-id": 0}, {})
+
+
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
+
+
+def test_server_refuses_without_insecure_and_bad_model(tmp_path):
+    r = _run_cli("mammo-server", "--model", str(tmp_path / "x.pt"), "--rounds", "1", "--min-sites", "1",
+                 "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "--insecure" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = _run_cli("mammo-server", "--model", str(bad), "--rounds", "1", "--min-sites", "1",
+                 "--out", str(tmp_path / "run"), "--insecure")
+    assert r.returncode == 2 and "bad.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_client_unreachable_server_retries_then_gives_up(tmp_path):
+    from common.flower_proc import free_port
+
+    site = tmp_path / "site"
+    site.mkdir()
+    r = _run_cli("mammo-client", "--site", "h1", "--data", str(site), "--server", f"127.0.0.1:{free_port()}",
+                 "--insecure", "--retry-for", "3")
+    assert r.returncode == 2, r.stderr
+    assert "unreachable" in r.stdout and "retrying in 1 s" in r.stdout
+    assert "giving up" in r.stderr and "Traceback" not in r.stderr + r.stdout
+    r = _run_cli("mammo-client", "--site", "h1", "--data", str(tmp_path / "nope"), "--server", "127.0.0.1:1",
+                 "--insecure")
+    assert r.returncode == 2 and "does not exist" in r.stderr
