@@ -39,29 +39,43 @@ def _peak_mb() -> tuple[float, float]:
     return own, children
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (spawned workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def bench_speed(layout: str, patients: int, size: tuple[int, int], workers: list[int]) -> None:
     cfg = SynthConfig(layout, Path("unused"), patients, seed=1, size=size).validate()
     specs = plan(cfg)
     n = len(specs)
     print(f"\n## generation speed: {layout}, {patients} patients = {n} images at {size[0]}x{size[1]}")
+    per_image = float("nan")
     print(f"{'mode':<28}{'images':>8}{'seconds':>10}{'img/s':>9}{'MB/img':>9}{'cpu s/img':>11}")
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     for spec in specs:
         render_image(spec)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     print(f"{'render only, 1 process':<28}{n:>8}{wall:>10.1f}{n / wall:>9.2f}{'-':>9}{cpu / n:>11.3f}")
     for w in workers:
         out = Path(tempfile.mkdtemp(prefix="bench_synth_"))
         try:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), _cpu_seconds()
             generate_dataset(layout, out / "ds", patients, 1, size=size, workers=w)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
             mb = sum(p.stat().st_size for p in (out / "ds").rglob("*") if p.is_file()) / 1e6
-            print(f"{f'render + write DICOM, {w} proc':<28}{n:>8}{wall:>10.1f}{n / wall:>9.2f}{mb / n:>9.2f}{'-':>11}")
+            print(f"{f'render + write DICOM, {w} proc':<28}{n:>8}{wall:>10.1f}{n / wall:>9.2f}{mb / n:>9.2f}"
+                  f"{cpu / n:>11.3f}")
+            per_image = min(per_image, cpu / n) if per_image == per_image else cpu / n  # nan-safe
         finally:
             shutil.rmtree(out, ignore_errors=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    print(f"load average {os.getloadavg()[0]:.1f} on {cores} cores (wall figures include other users' load); "
+          f"projection from the cheapest CPU s/img on {cores} idle cores: {cores / per_image:.1f} img/s "
+          f"= {300 * per_image / cores / 60:.1f} min for 300 images")
     own, children = _peak_mb()
-    print(f"peak RSS: main {own:.0f} MB, largest worker {children:.0f} MB; cores available: {os.cpu_count()}")
+    print(f"peak RSS: main {own:.0f} MB, largest worker {children:.0f} MB")
 
 
 def bench_signal(patients: int, size: tuple[int, int]) -> None:

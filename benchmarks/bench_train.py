@@ -11,7 +11,7 @@
 
     python benchmarks/bench_train.py                 # (a) + (b), ~1-2 min on 2 free cores
     python benchmarks/bench_train.py --skip-paper    # (a) only
-    python benchmarks/bench_train.py --images 160 --epochs 3 --threads 2 --device cuda
+    python benchmarks/bench_train.py --images 160 --epochs 3 --threads 0 --device cuda
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from common.data import WholeImageDataset
-from common.device import make_grad_scaler, select_device, seed_everything
+from common.device import make_grad_scaler, seed_everything, select_device
 from common.training.loops import make_loader, run_epoch, set_trainable, trainable_parameters
 
 CPU_SPEC = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [[32, 32, 64, 1], [32, 32, 64, 1]]},
@@ -196,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=288)
     p.add_argument("--width", type=int, default=224)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: on 2 cores shared with other jobs, 2 OpenMP threads "
+                        "measured 7x slower); 0 = torch's default")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-paper", action="store_true", help="skip (b), the paper-size step")
     p.add_argument("--skip-throughput", action="store_true", help="skip (a), the CPU-preset throughput")

@@ -33,7 +33,8 @@ class AugmentSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown augmentation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown augmentation setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

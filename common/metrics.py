@@ -22,7 +22,8 @@ class RocCurve:
     auc: float
 
 
-def _as_arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(np.int64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     if y.shape != s.shape:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -126,6 +127,24 @@ def check_rundir(rundir: RunDir, resume: bool) -> None:
             stale.unlink(missing_ok=True)
     else:
         rundir.status_file.unlink(missing_ok=True)
+
+
+def stop_stale_writer(rundir: RunDir) -> None:
+    """A ServerApp of a killed launch may outlive its SuperLink; stop it before resuming."""
+    try:
+        pid = int(rundir.lock_file.read_text().strip() or 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") if pid else ""
+    except (OSError, ValueError):
+        return
+    if "flwr-serverapp" not in cmdline:
+        return
+    say(f"stopping a stale ServerApp (pid {pid}) left by an earlier launch")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
 
 
 def write_flwr_connection(flwr_home: Path, address: str) -> None:
@@ -264,6 +283,7 @@ def _main(argv: list[str] | None = None) -> int:
     config = load_settings(args, rundir.root)
     rundir.launch_id = config["launch-id"]
     check_rundir(rundir, args.resume)
+    stop_stale_writer(rundir)
     state = rundir.root / ".superlink"
     flwr_home = state / "flwr-home"
     env = flower_env(flwr_home)

@@ -1,7 +1,7 @@
 """Sending one kind of message to the sites and collecting replies, with bounded waits.
 
 Flower's own helpers wait forever for nodes and poll replies every 3 s; here every wait has a
-deadline, replies are polled every 0.5 s, and a site whose SuperNode left the federation
+deadline, replies are polled every 1 s, and a site whose SuperNode left the federation
 (graceful stop or missed heartbeats) is given up on at once instead of at the round timeout.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from common.errors import MammoError
 
-POLL_S = 0.5
+POLL_S = 1.0
 NODE_CHECK_S = 2.0
 
 

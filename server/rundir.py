@@ -53,11 +53,14 @@ class RunDir:
         """Exclusive writer lock: a stale ServerApp of a killed launch must finish before we write."""
         import fcntl
 
-        self._lock_fh = open(self.root / ".writer.lock", "w")  # noqa: SIM115 - held for the run
+        self._lock_fh = open(self.lock_file, "a+")  # noqa: SIM115 - held for the run
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fh.truncate(0)
+                self._lock_fh.write(str(os.getpid()))  # lets mammo-server --resume stop a stale writer
+                self._lock_fh.flush()
                 return
             except OSError:
                 if time.monotonic() > deadline:
@@ -91,6 +94,10 @@ class RunDir:
     @property
     def plot(self) -> Path:
         return self.root / "auc_per_round.png"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".writer.lock"
 
     @property
     def events(self) -> Path:

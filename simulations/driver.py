@@ -93,7 +93,10 @@ def run_simulation_study(
     source = resolve_source_model(model, settings.source, cache_root, device)
     timings["source_model"] = round(time.perf_counter() - t, 2)
     record["source_model"] = source.describe()
-    print(f"mammo-sim: source model {source.path} ({'built' if source.built else 'cached' if source.cached else 'given'})")
+    how = "built" if source.built else "cached" if source.cached else "given"
+    source_auc = source.details.get("source_metrics", {}).get("test_auc")
+    quality = f"; source test AUC {source_auc:.3f}" if isinstance(source_auc, (int, float)) else ""
+    print(f"mammo-sim: source model {source.path} ({how}{quality})")
 
     t = time.perf_counter()
     target = load_target(inbreast, sites_dir, settings.target, cache_root)

@@ -112,16 +112,30 @@ def build_source_model(settings: SourceSettings, folder: Path, key: str, payload
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(checkpoint, folder / (SOURCE_FILE + ".tmp"))
     (folder / (SOURCE_FILE + ".tmp")).replace(folder / SOURCE_FILE)
+    # Keep the training run's reports (metrics, ROC, patch model) next to the model; the bulky
+    # synthetic DICOMs and caches go.
+    kept = folder / "train_run"
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.rmtree(run_dir / "patches", ignore_errors=True)
+    shutil.move(str(run_dir), str(kept))
+    shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - start
-    details = {"cache_key": key, "config": payload, "build_seconds": round(seconds, 1),
-               "train_run": str(run_dir), "checkpoint_from": str(checkpoint)}
+    details = {"cache_key": key, "config": payload, "build_seconds": round(seconds, 1), "train_run": str(kept),
+               "source_metrics": _headline_metrics(kept / "metrics.json")}
     (folder / META_FILE).write_text(json.dumps(details, indent=2, default=str))
-    # Keep the training run's reports next to the model; the bulky synthetic DICOMs go.
-    shutil.rmtree(work / "data", ignore_errors=True)
     meta = _whole_image_meta(folder / SOURCE_FILE)
     return SourceModel(path=(folder / SOURCE_FILE).resolve(), preprocessing=meta["preprocessing"],
                        model_spec=meta["model_spec"], built=True, cache_key=key, build_seconds=seconds,
                        details=details)
+
+
+def _headline_metrics(path: Path) -> dict[str, Any]:
+    """The source run's scalar metrics (test AUC on the synthetic DDSM-like test split, ...)."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
 
 def _train_whole_image(index_dir: Path, run_dir: Path, settings: SourceSettings) -> Path:

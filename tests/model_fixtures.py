@@ -17,6 +17,7 @@ from data_fixtures import breast_phantom, disc_mask, write_dicom
 
 from common.preprocess import ImageCache, PreprocessSettings
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
     """Import into a test module to make it autouse there: on 2 cores shared by many processes, 2 OpenMP

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+
 from common.augment import (
     NO_AUGMENT,
     AugmentSettings,
@@ -51,7 +51,7 @@ def test_random_flips_are_exact_flips() -> None:
     x = torch.randn(32, 3, 20, 14)
     out = augment_batch(x, torch.Generator().manual_seed(1), replace(NO_AUGMENT, hflip=True))
     flipped = 0
-    for xi, oi in zip(x, out):
+    for xi, oi in zip(x, out, strict=True):
         if torch.allclose(oi, torch.flip(xi, dims=[-1]), atol=1e-5):
             flipped += 1
         else:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+
 from common.checkpoint import FORMAT, WHOLE_IMAGE_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from common.errors import DataError
 from common.models import build_model, convert_patch_to_whole

@@ -178,7 +178,7 @@ def test_resolve_site_deployment_and_simulation(tmp_path):
         resolve_site({"partition-id": 0}, {})
 
 
-def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 from common.errors import MammoError
 from common.metrics import (
     auc,

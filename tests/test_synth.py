@@ -43,8 +43,8 @@ def test_same_seed_same_dataset_and_other_seed_differs(tmp_path):
 
 
 def test_parallel_workers_give_identical_files(tmp_path):
-    serial = tiny_dataset("manifest", tmp_path / "s", patients=4, seed=3, sites=2, workers=1)
-    parallel = tiny_dataset("manifest", tmp_path / "p", patients=4, seed=3, sites=2, workers=2)
+    serial = tiny_dataset("manifest", tmp_path / "s", patients=2, seed=3, sites=2, workers=1)
+    parallel = tiny_dataset("manifest", tmp_path / "p", patients=2, seed=3, sites=2, workers=2)
     fs, fp = _dicoms(serial), _dicoms(parallel)
     assert [p.relative_to(serial) for p in fs] == [p.relative_to(parallel) for p in fp]
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fs, fp))
@@ -229,6 +229,20 @@ def test_refuses_foreign_or_existing_output(tmp_path):
     with pytest.raises(DataError, match="overwrite"):
         tiny_dataset("inbreast", out, patients=1)
     tiny_dataset("inbreast", out, patients=1, seed=2, overwrite=True)
+
+
+def test_write_failures_are_one_line_data_errors(tmp_path):
+    from common.synth.generate import _checked, _render_and_write
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DataError, match="cannot create the output folder"):
+        tiny_dataset("inbreast", blocker / "out", patients=1)
+    cfg = SynthConfig("manifest", blocker, 1, size=TINY_SIZE).validate()
+    result = _render_and_write(("manifest", plan(cfg)[0], str(blocker), 1.0, {}))
+    assert "cannot write" in result["error"] and "\n" not in result["error"]
+    with pytest.raises(DataError, match="cannot write"):
+        _checked(result)
 
 
 def test_cli_writes_dataset_and_preview_and_reports_errors_in_one_line(tmp_path, capsys):

@@ -50,7 +50,7 @@ def small_resnet_trunk(widths: tuple[int, int, int, int], blocks: tuple[int, int
         maxpool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     )
     in_ch = widths[0]
-    for i, (width, count) in enumerate(zip(widths, blocks)):
+    for i, (width, count) in enumerate(zip(widths, blocks, strict=True)):
         stride = 1 if i == 0 else 2
         units: list[nn.Module] = []
         for j in range(count):

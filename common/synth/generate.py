@@ -7,16 +7,16 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, MammoError
 from common.synth.layouts import cbis_ddsm, inbreast, manifest
 from common.synth.layouts.records import write_ground_truth
 from common.synth.plan import PlanOptions, plan_cbis, plan_inbreast, plan_site
-from common.synth.profiles import DEFAULT_PROFILE, SITE_ROTATION, VendorProfile, get_profile, site_profile
+from common.synth.profiles import DEFAULT_PROFILE, VendorProfile, get_profile, site_profile
 from common.synth.render import ImageSpec, render_image
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class SynthConfig:
     workers: int | None = None
     overwrite: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> "SynthConfig":
         if self.layout not in LAYOUTS:
@@ -115,9 +114,21 @@ def plan(config: SynthConfig) -> list[ImageSpec]:
 
 
 def _render_and_write(task: tuple[str, ImageSpec, str, float, dict]) -> dict:
+    """Worker: render one image and write its files. Errors come back as text (they cross processes)."""
     layout, spec, out_dir, conspicuity, options = task
-    rendered = render_image(spec, conspicuity)
-    return LAYOUTS[layout].write_image(rendered, Path(out_dir), options)
+    try:
+        rendered = render_image(spec, conspicuity)
+        return LAYOUTS[layout].write_image(rendered, Path(out_dir), options)
+    except MammoError as exc:
+        return {"error": str(exc)}
+    except OSError as exc:
+        return {"error": f"{exc.filename or out_dir}: cannot write: {exc.strerror or exc}"}
+
+
+def _checked(result: dict) -> dict:
+    if "error" in result:
+        raise DataError(None, result["error"])
+    return result
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -129,7 +140,10 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         if not overwrite:
             raise DataError(out_dir, "already holds a synthetic dataset; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(out_dir, f"cannot create the output folder: {exc.strerror or exc}") from None
 
 
 def _workers(requested: int | None, n_tasks: int) -> int:
@@ -153,13 +167,13 @@ def generate(config: SynthConfig) -> Path:
     bar = tqdm(total=len(tasks), desc=f"synth {cfg.layout}", unit="img", disable=not cfg.progress)
     if workers == 1:
         for task in tasks:
-            results.append(_render_and_write(task))
+            results.append(_checked(_render_and_write(task)))
             bar.update()
     else:
         # spawn: safe even when the caller already runs threads (torch, Flower, pytest plugins).
         with mp.get_context("spawn").Pool(workers) as pool:
             for result in pool.imap(_render_and_write, tasks, chunksize=1):
-                results.append(result)
+                results.append(_checked(result))
                 bar.update()
     bar.close()
     layout_rows = [row for r in results for row in r["layout"]]
@@ -206,4 +220,4 @@ def generate_dataset(
     return generate(config)
 
 
-__all__ = ["SynthConfig", "generate", "generate_dataset", "plan", "SITE_ROTATION"]
+__all__ = ["SynthConfig", "generate", "generate_dataset", "plan"]

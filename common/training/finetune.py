@@ -50,7 +50,8 @@ class FineTuneConfig:
 
     def validate(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
-            raise ConfigError(f"fine-tuning needs epochs >= 0 and batch_size >= 1 (got {self.epochs}, {self.batch_size})")
+            raise ConfigError("fine-tuning needs epochs >= 0 and batch_size >= 1 "
+                              f"(got {self.epochs}, {self.batch_size})")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.proximal_mu >= 0):
             raise ConfigError("fine-tuning needs lr > 0, weight_decay >= 0, proximal_mu >= 0")
 

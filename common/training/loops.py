@@ -131,7 +131,8 @@ class EpochStats:
 
 
 def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device, *,
-              scaler: torch.amp.GradScaler | None = None, augmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              scaler: torch.amp.GradScaler | None = None,
+              augmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
               class_balance: bool = True, proximal: ProximalTerm | None = None, max_steps: int | None = None,
               progress: bool = False, desc: str = "train") -> EpochStats:
     """One pass over `loader`: (augment on device) -> forward under autocast -> balanced CE (+ prox) -> step."""

@@ -1,0 +1,150 @@
+"""Federation overhead on loopback: mammo-server/mammo-client vs raw Flower, same payload.
+
+Measured side by side in one run, both with 2 SuperNodes and the same SuperLink settings:
+- mammo: per-round overhead = train-exchange wall time - the slowest site's local work
+  (data + fine-tuning), and bytes sent to / from each site per round (from RUNDIR/metrics.csv);
+- raw Flower: a minimal ServerApp/ClientApp that only echoes arrays of the same size
+  (benchmarks/federation_echo_app): its whole round time is overhead.
+
+    python benchmarks/bench_federation.py                 # ResNet50-sized model, 2 rounds
+    python benchmarks/bench_federation.py --model tiny    # quick plumbing check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from common.flower_proc import flower_binary, flower_env, free_port, start_daemon, stop_daemon, wait_healthy  # noqa: E402
+
+MODELS = {
+    # trunk resnet50 + a 1-block top: ~24 M parameters, ~95 MB of float32 weights
+    "resnet50": {"trunk": "resnet50", "top": {"type": "vgg", "blocks": [[64, 1]]}, "num_classes": 2},
+    "tiny": {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[16, 1]]}, "num_classes": 2},
+}
+
+
+def make_model(path: Path, spec: dict) -> int:
+    import torch
+
+    from common.checkpoint import save_checkpoint
+    from common.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("whole_image", spec)
+    save_checkpoint(path, model, kind="whole_image", model_spec=spec,
+                    preprocessing={"height": 96, "width": 64, "mode": "paper", "mean": 44.4},
+                    class_names=["not_malignant", "malignant"])
+    return sum(v.numel() * v.element_size() for v in model.state_dict().values())
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def run_mammo(work: Path, model: Path, sites: list[Path], rounds: int) -> dict:
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    bin_dir = Path(sys.executable).parent
+    clients = [
+        subprocess.Popen([str(bin_dir / "mammo-client"), "--site", s.name, "--data", str(s), "--server", address,
+                          "--insecure", "--cache-workers", "1", "--num-threads", "1"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        for s in sites
+    ]
+    t0 = time.monotonic()
+    try:
+        rc = subprocess.run(
+            [str(bin_dir / "mammo-server"), "--model", str(model), "--rounds", str(rounds), "--min-sites",
+             str(len(sites)), "--out", str(work / "run"), "--address", address, "--insecure",
+             "--set", "max-steps=1", "--set", "evaluate-initial=false", "--set", "val-fraction=0.3",
+             "--set", "num-threads=1", "--set", "batch-size=2"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, timeout=3600,
+        )
+        if rc.returncode != 0:
+            raise SystemExit(f"mammo-server failed: {rc.stderr.strip()}")
+    finally:
+        for c in clients:
+            c.terminate()
+        for c in clients:
+            c.wait(timeout=60)
+    rows = json.loads((work / "run" / "metrics.json").read_text())
+    return {"wall": time.monotonic() - t0, "rows": rows}
+
+
+def run_echo(work: Path, model: Path, n_sites: int, rounds: int) -> dict:
+    address = f"127.0.0.1:{free_port()}"
+    home = work / "echo-home"
+    env = flower_env(home)
+    state = work / "echo-superlink"
+    state.mkdir(parents=True, exist_ok=True)
+    link = start_daemon([sys.executable, "-m", "server.superlink_launch", "--insecure", "--host", "127.0.0.1",
+                         "--port", address.rsplit(":", 1)[1], "--database", str(state / "state.db"),
+                         "--disable-runtime-dependency-installation"], env, state / "superlink.log")
+    nodes = []
+    t0 = time.monotonic()
+    try:
+        wait_healthy(address, insecure=True, timeout_s=120, proc=link)
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "{address}"\ninsecure = true\n')
+        for i in range(n_sites):
+            node_env = flower_env(work / f"echo-node-{i}")
+            nodes.append(start_daemon([flower_binary("flower-supernode"), "--insecure", "--superlink", address,
+                                       "--port", str(free_port())], node_env, work / f"echo-node-{i}.log"))
+        out = work / "echo.json"
+        subprocess.run([flower_binary("flwr"), "run", str(ROOT / "benchmarks" / "federation_echo_app"), "bench",
+                        "--run-config", f"model='{model}' out='{out}' rounds={rounds} min-sites={n_sites}",
+                        "--stream"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600,
+                       check=True)
+        return {"wall": time.monotonic() - t0, "rows": json.loads(out.read_text())}
+    finally:
+        for n in nodes:
+            stop_daemon(n)
+        stop_daemon(link)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="resnet50")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--patients", type=int, default=8, help="synthetic patients per site")
+    args = ap.parse_args()
+    from federation_support import make_sites
+
+    with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
+        work = Path(tmp)
+        nbytes = make_model(work / "init.pt", MODELS[args.model])
+        sites = make_sites(work / "sites", sites=2, patients=2 * args.patients, seed=5)
+        echo = run_echo(work, work / "init.pt", len(sites), args.rounds)
+        mammo = run_mammo(work, work / "init.pt", sites, args.rounds)
+
+    print(f"model {args.model}: {nbytes / 1e6:.1f} MB of weights, 2 sites, {args.rounds} rounds, loopback, CPU")
+    print(f"{'round':>5} | {'raw Flower echo s':>17} | {'mammo train exch. s':>19} {'slowest site s':>14} "
+          f"{'overhead s':>10} | {'MB to site':>10} {'MB from site':>12}")
+    for e, m in zip(echo["rows"], mammo["rows"], strict=False):
+        exch = m["overhead_seconds"] + m["max_site_train_seconds"]
+        print(f"{m['round']:>5} | {e['seconds']:>17.1f} | {exch:>19.1f} {m['max_site_train_seconds']:>14.1f} "
+              f"{m['overhead_seconds']:>10.1f} | {m['bytes_to_each_site'] / 1e6:>10.1f} "
+              f"{m['bytes_from_sites'] / m['sites'] / 1e6:>12.1f}")
+    mean_echo = sum(r["seconds"] for r in echo["rows"]) / len(echo["rows"])
+    mean_ours = sum(r["overhead_seconds"] for r in mammo["rows"]) / len(mammo["rows"])
+    print(f"mean per-round overhead: mammo {mean_ours:.1f} s vs raw Flower {mean_echo:.1f} s "
+          f"(ratio {mean_ours / mean_echo:.2f}); wall: mammo {mammo['wall']:.0f} s, echo {echo['wall']:.0f} s; "
+          f"peak child RSS {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The site audit log: what a real ClientApp handler replies is exactly what it logs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from client.audit import AUDIT_FIELDS, AuditEntry, append_entry, read_entries
+from common import fed_protocol as P
+from common.errors import DataError
+
+
+def test_entries_append_and_read_back(tmp_path):
+    e = AuditEntry(time="2026-01-01T00:00:00Z", site="h1", run_id=7, round=2, kind="train", bytes=123,
+                   weights_sha256="ab" * 32, metric_names=["num-examples"], status="ok")
+    append_entry(tmp_path, e)
+    append_entry(tmp_path, e)
+    entries = read_entries(tmp_path)
+    assert len(entries) == 2 and set(entries[0]) == set(AUDIT_FIELDS)
+    (tmp_path / "audit.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError, match="line 1"):
+        read_entries(tmp_path)
+
+
+def test_weights_digest_is_order_independent_and_sensitive():
+    a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "y": np.array(3, np.int64)}
+    b = {"y": np.array(3, np.int64), "x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert P.arrays_sha256(a) == P.arrays_sha256(b)
+    c = {**a, "x": a["x"].copy()}
+    c["x"][0, 0] += 1e-6
+    assert P.arrays_sha256(a) != P.arrays_sha256(c)
+
+
+@pytest.fixture()
+def task_identity():
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 5, 9, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+
+
+def test_client_handler_logs_its_error_reply_without_paths(tmp_path, task_identity):
+    """A site whose data folder is empty: the real ClientApp handler replies with a path-free
+    error, and the audit log records that reply (kind, round, size, no weights)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from client.app import handle
+
+    data = tmp_path / "hospital-x-data"
+    data.mkdir()
+    state = tmp_path / "state"
+    arrays = {"w": np.ones((2, 2), np.float32)}
+    msg = Message(RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(arrays),
+                              P.CONFIG: ConfigRecord({"server-round": 3})}), 9, "train")
+    ctx = Context(run_id=5, node_id=9, node_config={"site": "h-x", "data-dir": str(data), "state-dir": str(state)},
+                  state=RecordDict(), run_config={})
+    reply = handle(msg, ctx, "train")
+    site = reply.content.config_records[P.SITE]
+    assert site["site"] == "h-x" and site["status"] == P.STATUS_ERROR
+    assert site["error"].startswith("DataError:") and str(data) not in site["error"]
+    assert not reply.content.array_records  # nothing else leaves the site
+    (entry,) = read_entries(state)
+    assert set(entry) == set(AUDIT_FIELDS)
+    assert (entry["site"], entry["round"], entry["kind"], entry["status"]) == ("h-x", 3, "train", "error")
+    assert entry["weights_sha256"] is None and entry["bytes"] == P.recorddict_nbytes(reply.content)
+    assert str(data) in (state / "client.log").read_text()  # details stay local
+    json.dumps(entry)

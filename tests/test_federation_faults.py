@@ -1,0 +1,82 @@
+"""Robustness on loopback with real processes: in one federation of five sites,
+- `site-nan` (test-only node config fault) sends NaN weights -> rejected, site named;
+- `site-broken` has a broken manifest -> replies with an error, the run goes on;
+- `site-slow` drops out mid-round 1 (its mammo-client is stopped) -> round 1 completes with the
+  others, and the site rejoins (restarted) and trains in round 2."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from client.audit import read_entries
+from common.flower_proc import free_port
+from federation_support import (
+    FAST,
+    copy_site,
+    events,
+    make_checkpoint,
+    make_sites,
+    start_client,
+    start_server,
+    stop,
+    wait_exit,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def faulty_federation(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fedfaults")
+    good = make_sites(root / "sites", sites=2, patients=20, seed=3)
+    nan = copy_site(good[0], root / "sites" / "site-nan")
+    broken = copy_site(good[1], root / "sites" / "site-broken")
+    (broken / "manifest.csv").write_text("image_path,patient_id\nimages/missing.dcm,p1\n")
+    slow = copy_site(good[1], root / "sites" / "site-slow")
+    address = f"127.0.0.1:{free_port()}"
+    logs = root / "logs"
+    logs.mkdir()
+    procs = {s.name: start_client(s, address, logs / f"{s.name}.log") for s in good}
+    procs["site-nan"] = start_client(nan, address, logs / "site-nan.log", "--test-fault", "nan")
+    procs["site-broken"] = start_client(broken, address, logs / "site-broken.log")
+    procs["site-slow"] = start_client(slow, address, logs / "site-slow.log", "--test-fault", "delay:600")
+    state = {"root": root, "address": address, "procs": procs, "slow": slow, "logs": logs,
+             "model": make_checkpoint(root / "init.pt")}
+    yield state
+    for proc in state["procs"].values():
+        stop(proc)
+
+
+def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
+    f = faulty_federation
+    out, log = f["root"] / "run", f["root"] / "server.log"
+    server = start_server(f["model"], out, f["address"], rounds=2, min_sites=2, log=log,
+                          settings=FAST + ["round-retries=0"])
+    # Drop the slow site while it is in round 1 (it trains, then sleeps before replying).
+    audit_dir = f["slow"] / ".mammo-fl"
+    wait_for(lambda: any(e["event"] == "round_start" for e in events(out)), 600, "round 1 start", proc=server)
+    wait_for(lambda: (audit_dir / "cache").exists(), 600, "site-slow to start training", proc=server)
+    stop(f["procs"]["site-slow"])
+    # ... and bring it back (no fault this time): it must rejoin for round 2.
+    f["procs"]["site-slow"] = start_client(f["slow"], f["address"], f["logs"] / "site-slow.log")
+    assert wait_exit(server, 900, log) == 0, log.read_text()[-3000:]
+
+    table = pd.read_csv(out / "metrics.csv")
+    r1, r2 = table.iloc[0], table.iloc[1]
+    assert set(r1["site_names"].split(",")) == {"site-1", "site-2"}  # the dropped site missed round 1
+    assert "site-slow" in r2["site_names"].split(",")  # ... and rejoined for round 2
+    assert "site-nan" not in r2["site_names"] and "site-broken" not in r2["site_names"]
+
+    evs = events(out)
+    rejected = [e for e in evs if e["event"] == "site_rejected"]
+    nan_reasons = {e["reason"] for e in rejected if e["site"] == "site-nan" and e["kind"] == "train"}
+    assert nan_reasons and all("NaN/Inf" in r for r in nan_reasons)
+    broken = [e["reason"] for e in rejected if e["site"] == "site-broken"]
+    assert broken and all(r.startswith("site error: DataError") for r in broken)
+    assert all("/" not in r for r in broken)  # no path leaves the site
+    text = log.read_text()
+    assert "site-nan" in text and "NaN/Inf" in text and "site-broken" in text and "Traceback" not in text
+
+    # The broken site logged its error replies in its own audit log.
+    entries = read_entries(f["root"] / "sites" / "site-broken" / ".mammo-fl")
+    assert entries and all(e["status"] == "error" and e["weights_sha256"] is None for e in entries)
