@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common.flower_proc import flower_binary, flower_env, free_port, start_daemon, stop_daemon, wait_healthy  # noqa: E402
+from common.flower_proc import (  # noqa: E402
+    flower_binary,
+    flower_env,
+    free_port,
+    start_daemon,
+    stop_daemon,
+    wait_healthy,
+)
 
 MODELS = {
     # trunk resnet50 + a 1-block top: ~24 M parameters, ~95 MB of float32 weights

@@ -9,7 +9,6 @@ names the site and a path-free cause (details stay in the site's own log), never
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from pathlib import Path

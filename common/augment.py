@@ -72,15 +72,18 @@ def pixel_to_theta(a: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 def affine_grid(theta: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
-    """Same grid as `F.affine_grid(theta, (n, C, H, W), align_corners=False)`, built by broadcasting
-    two 1-D coordinate vectors (F.affine_grid's batched matmul over the full base grid is ~10x slower on CPU)."""
+    """Same grid as `F.affine_grid(theta, (n, C, H, W), align_corners=False)`, built as (x-part [n, 1, W] +
+    y-part [n, H, 1]) written straight into the grid's two planes: ~20x less CPU than F.affine_grid's
+    batched matmul over the full base grid."""
     opts = {"device": theta.device, "dtype": theta.dtype}
     xs = (torch.arange(width, **opts) * 2 + 1) / width - 1
-    ys = ((torch.arange(height, **opts) * 2 + 1) / height - 1)[:, None]
-    t = theta[:, :, :, None, None]  # [n, 2, 3, 1, 1]
-    gx = t[:, 0, 0] * xs + t[:, 0, 1] * ys + t[:, 0, 2]
-    gy = t[:, 1, 0] * xs + t[:, 1, 1] * ys + t[:, 1, 2]
-    return torch.stack((gx, gy), dim=-1)
+    ys = (torch.arange(height, **opts) * 2 + 1) / height - 1
+    grid = torch.empty(n, height, width, 2, **opts)
+    for k in range(2):  # k = 0: sampling x, k = 1: sampling y
+        x_part = (theta[:, k, 0, None] * xs)[:, None, :]
+        y_part = (theta[:, k, 1, None] * ys + theta[:, k, 2, None])[:, :, None]
+        torch.add(x_part, y_part, out=grid[..., k])
+    return grid
 
 
 def _grey_channels(x: torch.Tensor) -> bool:
@@ -88,17 +91,19 @@ def _grey_channels(x: torch.Tensor) -> bool:
     return x.shape[1] > 1 and bool((x[:, 1:] == x[:, :1]).all())
 
 
-def augment_batch(x: torch.Tensor, g: torch.Generator, settings: AugmentSettings = AugmentSettings()) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, g: torch.Generator, settings: AugmentSettings = AugmentSettings(),
+                  grey: bool | None = None) -> torch.Tensor:
     """Augment a float batch [N, C, H, W] (mean-subtracted 0..255 scale); parameters drawn from CPU generator `g`.
 
-    Grey images copied to 3 channels are warped once and copied again (a third of the work).
+    Grey images copied to 3 channels are warped once and copied again (a third of the work); `grey=None`
+    checks the channels, True/False asserts it (callers that know their data skip the check).
     """
     if x.ndim != 4:
         raise ValueError(f"augment_batch expects [N, C, H, W], got shape {tuple(x.shape)}")
     n, c, h, w = x.shape
     a = random_pixel_affines(n, settings, g)
     shift = _uniform(n, -settings.intensity_shift, settings.intensity_shift, g)
-    grey = _grey_channels(x)
+    grey = _grey_channels(x) if grey is None else (grey and x.shape[1] > 1)
     src = x[:, :1] if grey else x
     out = src
     if not torch.equal(a, torch.eye(2, dtype=a.dtype).expand_as(a)):
@@ -109,7 +114,7 @@ def augment_batch(x: torch.Tensor, g: torch.Generator, settings: AugmentSettings
         lo = src.amin(dim=(1, 2, 3), keepdim=True)
         hi = src.amax(dim=(1, 2, 3), keepdim=True)
         s = shift.to(device=x.device, dtype=x.dtype).view(n, 1, 1, 1)
-        out = torch.minimum(torch.maximum(out + s, lo), hi)
+        out = torch.clamp(out + s, lo, hi)
     if grey:
         out = out.expand(n, c, h, w).contiguous()
     return out
@@ -118,12 +123,13 @@ def augment_batch(x: torch.Tensor, g: torch.Generator, settings: AugmentSettings
 class BatchAugmenter:
     """Seeded callable applying `augment_batch` (one generator per run: reproducible sequences)."""
 
-    def __init__(self, seed: int = 0, settings: AugmentSettings = AugmentSettings()) -> None:
+    def __init__(self, seed: int = 0, settings: AugmentSettings = AugmentSettings(), grey: bool | None = None) -> None:
         self.settings = settings
+        self.grey = grey  # None: detect per batch; True: channels are known copies of one grey image
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return augment_batch(x, self.generator, self.settings)
+        return augment_batch(x, self.generator, self.settings, grey=self.grey)
 
 
 def flip_views(x: torch.Tensor) -> list[torch.Tensor]:

@@ -107,7 +107,7 @@ class _CachedImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_model_tensor(self.load_uint16(index), self.mean)
         if self.augment:
-            x = augment_batch(x[None], self._item_generator(), self.augment_settings)[0]
+            x = augment_batch(x[None], self._item_generator(), self.augment_settings, grey=True)[0]
         return x, torch.tensor(self._label(index), dtype=torch.int64)
 
     def without_augmentation(self) -> _CachedImages:
@@ -191,8 +191,9 @@ def split_augmentation(dataset: Dataset, seed: int | None = None) -> tuple[Datas
     grid_sample per batch) for datasets of this module; other datasets are returned unchanged.
     """
     if isinstance(dataset, _CachedImages) and dataset.augment:
+        # items of these datasets are always one grey image copied to 3 channels
         return dataset.without_augmentation(), BatchAugmenter(dataset.seed if seed is None else seed,
-                                                              dataset.augment_settings)
+                                                              dataset.augment_settings, grey=True)
     return dataset, None
 
 

@@ -186,7 +186,8 @@ class Table:
             return (f"run {ev.get('run_id')}: rounds {ev.get('first_round')}..{ev.get('rounds')}, "
                     f"strategy {ev.get('strategy')}, min-sites {ev.get('min_sites')}")
         if kind == "resumed":
-            return f"resuming after round {ev.get('completed_round')} ({ev.get('strategy_arrays')} strategy arrays restored)"
+            return (f"resuming after round {ev.get('completed_round')} "
+                    f"({ev.get('strategy_arrays')} strategy arrays restored)")
         if kind == "waiting":
             return f"  round {ev.get('round')}: waiting for sites ({ev.get('connected')}/{ev.get('need')} connected)"
         if kind == "round_retry":

@@ -43,8 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, argv)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (timeout, kill) becomes KeyboardInterrupt, so Ray is shut down instead of orphaned."""
+    import signal
+
+    def _raise(signum, frame):  # noqa: ANN001 - signal handler signature
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _interrupt_on_sigterm()
     from simulations.driver import run_simulation_study
 
     run_simulation_study(

@@ -41,6 +41,8 @@ class TargetSettings:
     image_height: int = 0  # synthetic DICOM size; 0 = the generator's default
     image_width: int = 0
     domain: str = "ffdm"  # synthetic acquisition domain (the source model is trained on "film")
+    conspicuity: float = 1.0  # synthetic lesion contrast multiplier (common.synth; 1 = the generator's default)
+    lesion_scale: float = 1.0  # synthetic lesion size multiplier
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class SourceSettings:
     seed: int = 0
     image_height: int = 0
     image_width: int = 0
+    conspicuity: float = 1.0
+    lesion_scale: float = 1.0
 
 
 @dataclass(frozen=True)

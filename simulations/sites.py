@@ -7,10 +7,12 @@ the site's state folder (client.site.STATE_SUBDIR) so the comparison with pooled
 is fair and cheap:
 
 - `split.csv` (the site's saved split, which the ClientApp keeps fixed): every patient of
-  the site is a *training* patient, and the site's local validation set is the central
-  fixed validation set. Federated training then sees exactly the images pooled training
-  sees, and Flower's per-round federated AUC is measured on the same validation set as
-  every other arm. Validation patients are never training patients anywhere.
+  the site is a *training* patient, and the site's local validation set is a share of the
+  central fixed validation set (its patients dealt over the sites, stratified). Federated
+  training then sees exactly the images pooled training sees, and Flower's per-round
+  federated AUC, pooled from the sites' score histograms, is measured on the union of the
+  shares = the same validation set as every other arm, at the cost of one evaluation of
+  it per round. Validation patients are never training patients anywhere.
 - `cache` -> a link to the run's shared preprocessing cache (entries are keyed by the
   resolved DICOM path), so sites do not decode the same DICOMs again.
 """
@@ -56,28 +58,39 @@ def _link_cache(state_dir: Path, cache_root: Path) -> None:
     link.symlink_to(cache_root.resolve(), target_is_directory=True)
 
 
+def _deal_validation(val_images: pd.DataFrame, names: list[str], seed: int) -> dict[str, pd.DataFrame]:
+    """Each site's share of the validation patients (patient level, label-stratified)."""
+    from simulations.partition import partition_patients, patient_table
+
+    patients = patient_table(val_images)
+    assignment = partition_patients(patients, len(names), "iid", seed)
+    pid = val_images["patient_id"].astype(str)
+    return {name: val_images[pid.map(assignment) == i].reset_index(drop=True) for i, name in enumerate(names)}
+
+
 def materialise_sites(by_site: dict[str, pd.DataFrame], sites_dir: Path, val_images: pd.DataFrame,
-                      cache_root: Path | None = None) -> list[Path]:
+                      cache_root: Path | None = None, seed: int = 0) -> list[Path]:
     """Write one folder per site (sorted names = Flower partition ids); returns the folders."""
     from client.site import SPLIT_FILE, STATE_SUBDIR
 
     if sites_dir.exists():
         shutil.rmtree(sites_dir)  # a re-run must not keep a stale site or split
-    overlap = set(val_images["patient_id"].astype(str))
+    names = sorted(by_site)
+    val_share = _deal_validation(val_images, names, seed)
+    val_ids = set(val_images["patient_id"].astype(str))
     folders = []
-    for name in sorted(by_site):
-        train = by_site[name]
-        if overlap & set(train["patient_id"].astype(str)):
+    for name in names:
+        train, val = by_site[name], val_share[name]
+        if val_ids & set(train["patient_id"].astype(str)):
             raise DataError(None, f"{name}: a validation patient is also a training patient")
         site_dir = sites_dir / name
-        write_manifest(site_dir, pd.concat([train, val_images], ignore_index=True))
+        write_manifest(site_dir, pd.concat([train, val], ignore_index=True))
         state = site_dir / STATE_SUBDIR
         state.mkdir(parents=True, exist_ok=True)
-        split = pd.DataFrame({
-            "patient_id": list(dict.fromkeys(train["patient_id"].astype(str)))
-            + list(dict.fromkeys(val_images["patient_id"].astype(str))),
-        })
-        split["split"] = ["train"] * train["patient_id"].nunique() + ["val"] * val_images["patient_id"].nunique()
+        train_ids = list(dict.fromkeys(train["patient_id"].astype(str)))
+        val_ids_here = list(dict.fromkeys(val["patient_id"].astype(str)))
+        split = pd.DataFrame({"patient_id": train_ids + val_ids_here,
+                              "split": ["train"] * len(train_ids) + ["val"] * len(val_ids_here)})
         split.to_csv(state / SPLIT_FILE, index=False)
         if cache_root is not None:
             _link_cache(state, cache_root)

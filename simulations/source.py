@@ -67,6 +67,7 @@ def source_cache_key(settings: SourceSettings) -> tuple[str, dict[str, Any]]:
     payload = {"train": train_config, "data": {
         "patients": settings.patients, "seed": settings.seed,
         "height": settings.image_height, "width": settings.image_width,
+        "conspicuity": settings.conspicuity, "lesion_scale": settings.lesion_scale,
     }, "format": 1}
     return config_hash(payload), payload
 
@@ -106,6 +107,7 @@ def build_source_model(settings: SourceSettings, folder: Path, key: str, payload
     index_dir = make_synthetic_index(
         layout="cbis-ddsm", out_dir=work / "data", patients=settings.patients, seed=settings.seed,
         height=settings.image_height, width=settings.image_width,
+        conspicuity=settings.conspicuity, lesion_scale=settings.lesion_scale,
     )
     run_dir = work / "train"
     checkpoint = _train_whole_image(index_dir, run_dir, settings)

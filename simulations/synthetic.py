@@ -39,7 +39,7 @@ def cached_dataset(layout: str, cache_root: Path, patients: int, seed: int, heig
 
 
 def make_synthetic_index(layout: str, out_dir: Path, patients: int, seed: int, height: int = 0,
-                         width: int = 0) -> Path:
+                         width: int = 0, conspicuity: float = 1.0, lesion_scale: float = 1.0) -> Path:
     """Generate a dataset into `out_dir/raw`, index it with its adapter into `out_dir/index` (+ split)."""
     from common.adapters import build_index
     from common.index import write_index
@@ -47,7 +47,8 @@ def make_synthetic_index(layout: str, out_dir: Path, patients: int, seed: int, h
     from common.synth import generate_dataset
 
     raw = out_dir / "raw"
-    kwargs: dict = {"size": _size(height, width), "progress": True}
+    kwargs: dict = {"size": _size(height, width), "progress": True, "conspicuity": float(conspicuity),
+                    "lesion_scale": float(lesion_scale)}
     generate_dataset(layout, raw, patients=patients or _default_patients(layout), seed=seed, **kwargs)
     index_dir = out_dir / "index"
     tables = build_index(layout, raw, index_dir)

@@ -92,11 +92,13 @@ def load_target(inbreast: Path | None, sites_dir: Path | None, settings: TargetS
         if settings.require_data:
             raise ConfigError("this preset runs on real data: pass --inbreast SRC or --sites-dir DIR")
         root = cached_dataset("inbreast", cache_root, settings.patients, settings.seed, settings.image_height,
-                              settings.image_width, domain=settings.domain)
+                              settings.image_width, domain=settings.domain,
+                              conspicuity=float(settings.conspicuity), lesion_scale=float(settings.lesion_scale))
         images, skipped = _index_inbreast(root, root / ".index")
         images = _attach_vendor(images, root)
         description = {"kind": "synthetic-inbreast", "path": str(root), "patients": settings.patients,
-                       "seed": settings.seed}
+                       "seed": settings.seed, "conspicuity": settings.conspicuity,
+                       "lesion_scale": settings.lesion_scale}
     if images.empty:
         raise DataError(None, "the target data has no usable images")
     if images["label"].nunique() < 2:

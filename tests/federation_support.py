@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.flower_proc import stop_daemon
+from common.flower_proc import _die_with_parent, stop_daemon
 
 TINY_SPEC = {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[16, 1]]}, "num_classes": 2}
 PREPROCESSING = {"height": 96, "width": 64, "mode": "paper", "mean": 44.4}
@@ -24,6 +24,8 @@ FAST = [
     "round-timeout=300", "round-retries=1", "num-threads=1", "lr=1e-3",
 ]
 BIN = Path(sys.executable).parent
+# Real daemons and one process per Flower message: minutes on a loaded 2-core machine.
+E2E_TIMEOUT_S = 1800
 
 
 def make_sites(out: Path, sites: int, patients: int, seed: int = 1) -> list[Path]:
@@ -64,7 +66,7 @@ def start_client(site: Path, server: str, log: Path, *extra: str, name: str | No
     cmd = [str(BIN / "mammo-client"), "--site", name or site.name, "--data", str(site), "--server", server,
            "--insecure", "--cache-workers", "1", "--num-threads", "1", *extra]
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env())
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), preexec_fn=_die_with_parent)
 
 
 def start_server(model: Path, out: Path, address: str, rounds: int, min_sites: int, log: Path,
@@ -76,7 +78,9 @@ def start_server(model: Path, out: Path, address: str, rounds: int, min_sites: i
     if resume:
         cmd.append("--resume")
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+        # Own process group (the resume test kills it whole); dies with pytest all the same.
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
+                                preexec_fn=_die_with_parent)
 
 
 def stop(proc: subprocess.Popen | None) -> None:

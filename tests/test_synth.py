@@ -50,6 +50,18 @@ def test_parallel_workers_give_identical_files(tmp_path):
     assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fs, fp))
 
 
+def test_parallel_generation_from_a_stdin_script(tmp_path):
+    """Spawned workers cannot re-import a `python -` main module: the generator must not hang."""
+    import subprocess
+    import sys
+
+    code = ("from common.synth import generate_dataset\n"
+            f"generate_dataset('manifest', {str(tmp_path / 'd')!r}, 2, 1, sites=2, size=(96, 80), workers=2)\n")
+    done = subprocess.run([sys.executable, "-"], input=code, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "d" / "ground_truth.csv")) >= 4
+
+
 def test_ffdm_headers_and_monochrome1_read_back_dense_bright(synth_sites):
     from common.dicom import read_dicom
 

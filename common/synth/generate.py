@@ -6,6 +6,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,6 +155,15 @@ def _workers(requested: int | None, n_tasks: int) -> int:
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
 
 
+def _mp_context() -> mp.context.BaseContext:
+    """spawn (safe when the caller runs threads: torch, Flower, pytest plugins), unless the main
+    module cannot be re-imported by a spawned child (stdin script, some REPLs): then fork."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and Path(main_file).is_file():
+        return mp.get_context("spawn")
+    return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+
+
 def generate(config: SynthConfig) -> Path:
     """Write the dataset described by `config`; returns its root folder."""
     cfg = config.validate()
@@ -170,8 +180,7 @@ def generate(config: SynthConfig) -> Path:
             results.append(_checked(_render_and_write(task)))
             bar.update()
     else:
-        # spawn: safe even when the caller already runs threads (torch, Flower, pytest plugins).
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with _mp_context().Pool(workers) as pool:
             for result in pool.imap(_render_and_write, tasks, chunksize=1):
                 results.append(_checked(result))
                 bar.update()

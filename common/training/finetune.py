@@ -86,7 +86,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
     if not cfg.augment:
         augmenter = None
     elif augmenter is None and not getattr(dataset, "augment", False):
-        augmenter = BatchAugmenter(cfg.seed, AugmentSettings())
+        augmenter = BatchAugmenter(cfg.seed, AugmentSettings())  # foreign dataset: grey-ness detected per batch
     _maybe_preload(plain, cfg.preload_max_mb)
     proximal = None
     if cfg.proximal_mu > 0:

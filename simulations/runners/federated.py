@@ -69,7 +69,7 @@ def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_
 
     start = time.perf_counter()
     k = len(by_site)
-    materialise_sites(by_site, sites_dir, data.val_images, cache_root=Path(data.cache.root))
+    materialise_sites(by_site, sites_dir, data.val_images, cache_root=Path(data.cache.root), seed=seed)
     run_dir = sites_dir.parent.parent / "federated" / sites_dir.name
     fl = settings.flower
     backend = backend_config(k, fl.client_num_cpus, fl.client_num_gpus, fl.ray_num_cpus, fl.object_store_mb)
