@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -263,11 +264,12 @@ def _read_status(rundir: RunDir) -> dict[str, Any] | None:
 
 def last_error_line(log: Path) -> str:
     try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # colour codes
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     except OSError:
         return ""
     errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln]
-    return (errors or lines or [""])[-1][:300]
+    return errors[-1][:300] if errors else ""
 
 
 def _raise_stop(signum: int, frame: object) -> None:

@@ -108,8 +108,8 @@ class RunDir:
         return self.root / "status.json"
 
     # events (mammo-server tails this to print its table)
-    def event(self, kind: str, **fields: Any) -> None:
-        record = {"time": time.time(), "event": kind, "launch_id": self.launch_id, **fields}
+    def event(self, event_name: str, /, **fields: Any) -> None:
+        record = {"time": time.time(), "event": event_name, "launch_id": self.launch_id, **fields}
         line = json.dumps(_json_safe(record), sort_keys=True)
         with open(self.events, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")

@@ -2,7 +2,7 @@
 
 Import from test modules (`from synth_fixtures import TINY_SIZE, tiny_dataset`) or use the
 session fixtures `synth_inbreast`, `synth_cbis`, `synth_sites` from tests/conftest.py.
-Images are 320x256: small, yet above common.dicom.MIN_SIDE (256) so `read_dicom` accepts
+Images are 320x256: small, yet above common.dicom.MIN_SIDE (200) so `read_dicom` accepts
 them without lowering `min_side`.
 """
 

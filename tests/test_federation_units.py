@@ -207,3 +207,21 @@ def test_client_unreachable_server_retries_then_gives_up(tmp_path):
     r = _run_cli("mammo-client", "--site", "h1", "--data", str(tmp_path / "nope"), "--server", "127.0.0.1:1",
                  "--insecure")
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_rundir_events_status_and_rows(tmp_path):
+    from server.rundir import RunDir
+
+    rd = RunDir(tmp_path, launch_id="abc")
+    rd.event("site_rejected", round=1, kind="train", site="h1", reason="NaN", value=float("nan"))
+    rd.set_status("running", run_id=3)
+    rows = [{"round": 1, "pooled_auc": 0.7, "sites": 2, "auc_h1": 0.6}, {"round": 2, "pooled_auc": None, "sites": 1}]
+    rd.write_rows(rows)
+    rd.commit_round(2, {"strategy": "fedavg"})
+    import json
+
+    (ev,) = [json.loads(line) for line in rd.events.read_text().splitlines()]
+    assert ev["kind"] == "train" and ev["launch_id"] == "abc" and ev["value"] is None
+    assert json.loads(rd.status_file.read_text())["status"] == "running"
+    assert rd.metrics_csv.read_text().splitlines()[0].startswith("round,pooled_auc,sites")
+    assert rd.load_state()["completed_round"] == 2 and rd.plot.exists()

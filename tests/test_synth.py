@@ -192,7 +192,7 @@ def test_lesion_scale_at_paper_resolution():
     assert all(0.06 <= m.size_frac <= 0.2 for m in masses)
     fine = LesionSpec("calcification", "MALIGNANT", "fine_pleomorphic", 0.07, 0.5, 3)
     specks = render_calcifications(fine, (448.0, 576.0), 896, 1.0).specks
-    assert len(specks) >= 12 and min(2 * r for _, _, r in specks) >= 4.0  # >= 4 px at 1152x896
+    assert len(specks) >= 10 and min(2 * r for _, _, r in specks) >= 4.0  # >= 4 px at 1152x896
     spic = render_mass(LesionSpec("mass", "MALIGNANT", "spiculated", 0.12, 0.15, 9), (448.0, 576.0), 896, 1.0)
     reach = np.hypot(spic.polygon[:, 0] - 448, spic.polygon[:, 1] - 576).max()
     assert reach > 1.3 * 0.12 * 896 / 2  # spicules extend well beyond the core (~tens of px)

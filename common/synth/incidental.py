@@ -52,7 +52,7 @@ def add_incidental_findings(
             angle, length = rng.uniform(0, 2 * np.pi), w * rng.uniform(0.12, 0.3)
             steps = int(length / max(w * 0.002, 0.5))
             curve = np.cumsum(rng.normal(0, 0.04, steps)) + angle
-            value = rng.uniform(0.12, 0.25) * conspicuity
+            value = rng.uniform(0.08, 0.16) * conspicuity
             visible = rng.random(steps) < 0.75  # calcified wall is patchy
             for a, show in zip(curve, visible):
                 x, y = x + np.cos(a) * w * 0.002, y + np.sin(a) * w * 0.002

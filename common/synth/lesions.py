@@ -149,15 +149,15 @@ def _speck_layout(spec: LesionSpec, rng: np.random.Generator, cluster_radius: fl
     """Speck centres (relative to the cluster centre), radii and aspect ratios."""
     w = image_width
     if spec.malignant:
-        n = int(rng.integers(14, 32))
-        radii = w * rng.uniform(0.0028, 0.0052, n)
+        n = int(rng.integers(10, 23))
+        radii = w * rng.uniform(0.0026, 0.0046, n)
         aspects = rng.uniform(0.35, 1.0, n)
         # Linear / branching arrangement: specks along 1-3 random segments from a common root.
         n_branches = 1 if spec.morphology == "fine_pleomorphic" and rng.random() < 0.4 else int(rng.integers(2, 4))
         branch = rng.integers(0, n_branches, n)
         angles = rng.uniform(0, 2 * np.pi, n_branches)
-        t = rng.uniform(-0.9 if n_branches == 1 else 0.0, 1.0, n) * cluster_radius
-        jitter = rng.normal(0, 0.12 * cluster_radius, n)
+        t = rng.uniform(-1.1 if n_branches == 1 else 0.0, 1.2, n) * cluster_radius
+        jitter = rng.normal(0, 0.15 * cluster_radius, n)
         a = angles[branch]
         xy = np.stack([t * np.cos(a) - jitter * np.sin(a), t * np.sin(a) + jitter * np.cos(a)], axis=1)
     else:

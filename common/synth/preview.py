@@ -38,8 +38,45 @@ def _pick(images: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return images.loc[order]
 
 
-def render_preview(dataset_dir: str | Path, out_png: str | Path, n: int = 12, columns: int = 6, seed: int = 0) -> Path:
-    """Write a grid of `n` images from a synthetic dataset folder, ROI outlines drawn on top."""
+def _pick_rois(rois: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Lesion close-ups, round robin over malignant / benign masses and calcifications."""
+    if rois.empty:
+        return rois
+    rng = np.random.default_rng(seed + 1)
+    pools = []
+    for malignant in (True, False):
+        for kind in ("mass", "calcification"):
+            pool = rois[(rois["abnormality"] == kind) & ((rois["pathology"] == "MALIGNANT") == malignant)]
+            pools.append(list(pool.sample(frac=1.0, random_state=int(rng.integers(2**31))).index))
+    order: list[int] = []
+    while len(order) < n and any(pools):
+        for pool in pools:
+            if pool and len(order) < n:
+                order.append(pool.pop(0))
+    return rois.loc[order]
+
+
+def _closeup(ax, pixels: np.ndarray, roi: pd.Series) -> None:
+    x0, y0, x1, y1 = (int(roi[c]) for c in ("x0", "y0", "x1", "y1"))
+    half = int(max(x1 - x0, y1 - y0) * 0.9) + 4
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    h, w = pixels.shape
+    ys, xs = slice(max(cy - half, 0), min(cy + half, h)), slice(max(cx - half, 0), min(cx + half, w))
+    ax.imshow(pixels[ys, xs], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest",
+              extent=(xs.start - 0.5, xs.stop - 0.5, ys.stop - 0.5, ys.start - 0.5))
+    poly = np.asarray(json.loads(roi["polygon"]))
+    closed = np.vstack([poly, poly[:1]])
+    ax.plot(closed[:, 0], closed[:, 1], color=COLOURS.get(roi["pathology"], "yellow"), lw=0.6, alpha=0.7)
+    ax.set_xlim(xs.start, xs.stop)
+    ax.set_ylim(ys.stop, ys.start)
+    ax.set_title(f"{roi['pathology'].lower()} {roi['abnormality']}\n{roi['morphology'].replace('_', ' ')}",
+                 color="#ff6060" if roi["pathology"] == "MALIGNANT" else "#60ff80", fontsize=7)
+
+
+def render_preview(dataset_dir: str | Path, out_png: str | Path, n: int = 12, columns: int = 6, seed: int = 0,
+                   closeups: int = 6) -> Path:
+    """Write a grid of `n` images from a synthetic dataset folder, ROI outlines drawn on top,
+    then a row of `closeups` lesion close-ups at full resolution."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,13 +92,27 @@ def render_preview(dataset_dir: str | Path, out_png: str | Path, n: int = 12, co
     if images.empty:
         raise DataError(truth, "no images listed")
     chosen = _pick(images, max(1, n), seed)
-    rows = int(np.ceil(len(chosen) / columns))
+    close = _pick_rois(rois, closeups, seed) if closeups > 0 and len(rois) else pd.DataFrame()
     cols = min(columns, len(chosen))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.5 * rows), squeeze=False, facecolor="black")
+    rows = int(np.ceil(len(chosen) / cols))
+    close_rows = int(np.ceil(len(close) / cols)) if len(close) else 0
+    fig, axes = plt.subplots(rows + close_rows, cols, figsize=(2.6 * cols, 3.5 * rows + 2.8 * close_rows),
+                             squeeze=False, facecolor="black",
+                             gridspec_kw={"height_ratios": [3.5] * rows + [2.8] * close_rows})
     for ax in axes.ravel():
         ax.axis("off")
+    cache: dict[str, np.ndarray] = {}
+
+    def pixels_of(image_path: str) -> np.ndarray:
+        if image_path not in cache:
+            cache[image_path] = read_dicom(root / image_path, min_side=1).pixels
+        return cache[image_path]
+
+    paths = dict(zip(images["image_id"], images["image_path"]))
+    for ax, (_, roi) in zip(axes[rows:].ravel(), close.iterrows()):
+        _closeup(ax, pixels_of(paths[roi["image_id"]]), roi)
     for ax, (_, row) in zip(axes.ravel(), chosen.iterrows()):
-        pixels = read_dicom(root / row["image_path"], min_side=1).pixels
+        pixels = pixels_of(row["image_path"])
         ax.imshow(pixels, cmap="gray", vmin=0.0, vmax=1.0, interpolation="lanczos")
         tags = []
         for _, roi in rois[rois["image_id"] == row["image_id"]].iterrows() if len(rois) else []:
