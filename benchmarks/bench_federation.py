@@ -103,7 +103,7 @@ def run_echo(work: Path, model: Path, n_sites: int, rounds: int) -> dict:
     nodes = []
     t0 = time.monotonic()
     try:
-        wait_healthy(address, insecure=True, timeout_s=120, proc=link)
+        wait_healthy(address, insecure=True, timeout_s=300, proc=link)
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "bench"\n\n[superlink.bench]\naddress = "{address}"\ninsecure = true\n')

@@ -56,12 +56,12 @@ def report(out_dir: Path, wall: float | None = None) -> None:
     rounds = sum(float(j.get("round_seconds", 0.0)) for j in fed)
     train = sum(float(j.get("max_site_train_seconds", 0.0)) for j in fed)
     job_total = sum(float(j.get("seconds", 0.0)) for j in fed)
-    startup = max(0.0, sim - rounds)
+    startup = max(0.0, sim - rounds - ray_init)
     print(f"\nfederated runs: {len(fed)}")
     print(f"{'':<38}{'seconds':>10}{'of fed wall':>12}")
     for name, secs in (("federated jobs wall (incl. scoring)", job_total), ("  Flower simulation", sim),
                        ("    Ray init (ray.init)", ray_init),
-                       ("    start-up + shutdown (sim - rounds)", startup),
+                       ("    Flower start-up + shutdown", startup),
                        ("    rounds (train + evaluate)", rounds),
                        ("      slowest site's training", train),
                        ("      overhead (messaging, eval, set-up)", rounds - train)):

@@ -298,7 +298,7 @@ def _main(argv: list[str] | None = None) -> int:
     superlink = flwr_run = None
     try:
         superlink = start_superlink(args.address, state, env)
-        wait_healthy(args.address, insecure=True, timeout_s=60.0, proc=superlink)
+        wait_healthy(args.address, insecure=True, timeout_s=300.0, proc=superlink)
         say(f"SuperLink up at {args.address} (state {state / 'state.db'}); waiting for {config['min-sites']} site(s)")
         log = open(rundir.root / "flower.log", "ab")  # noqa: SIM115 - child keeps it
         flwr_run = subprocess.Popen(

@@ -16,6 +16,7 @@ from common.errors import MammoError
 
 POLL_S = 1.0
 NODE_CHECK_S = 2.0
+LEFT_GRACE_S = 6.0  # absent this long from the online list = gone (a late heartbeat is not a departure)
 
 
 class SitesUnavailable(MammoError):
@@ -74,6 +75,7 @@ def exchange(
     out.timed_out = [int(n) for mid, n in zip(ids, node_ids, strict=True) if not mid]
     deadline = start + timeout_s
     next_node_check = start + NODE_CHECK_S
+    absent_since: dict[int, float] = {}
     while pending:
         for reply in grid.pull_messages(list(pending)):
             node = pending.pop(reply.metadata.reply_to_message_id, None)
@@ -88,7 +90,9 @@ def exchange(
         if now >= next_node_check:
             online = set(online_nodes(grid))
             for mid, node in list(pending.items()):
-                if node not in online:
+                if node in online:
+                    absent_since.pop(node, None)
+                elif now - absent_since.setdefault(node, now) >= LEFT_GRACE_S:
                     out.left.append(node)
                     del pending[mid]
             next_node_check = now + NODE_CHECK_S

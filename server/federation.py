@@ -21,7 +21,7 @@ from typing import Any
 from common import fed_protocol as P
 from common.errors import ConfigError, MammoError
 from server.evaluation import check_bins, summarize
-from server.exchange import Collected, exchange, online_nodes, wait_for_sites
+from server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
 from server.global_model import GlobalModel
 from server.rundir import RunDir
 from server.settings import FederationSettings
@@ -50,6 +50,7 @@ class Context:
     model: GlobalModel
     strategy: Any
     fed_id: str
+    started: bool = False  # a training round of this launch has started
 
 
 def federation_id(out_dir: str) -> str:
@@ -97,6 +98,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays))
     if first == 1 and s.evaluate_initial and not rows:
+        _wait_for_round(ctx, 0, first_round=True)
         rows.append(_evaluation_row(ctx, 0, _evaluate(ctx, 0)))
         rundir.write_rows(rows)
         rundir.event("round_end", **rows[-1])
@@ -173,10 +175,8 @@ def _train_round(ctx: Context, rnd: int) -> dict[str, Any]:
     expected = expected_specs(ctx.model.arrays, ctx.model.exchanged_keys(s.fedbn))
     t0 = time.monotonic()
     for attempt in range(s.round_retries + 1):
-        nodes = wait_for_sites(
-            ctx.grid, s.min_sites, s.site_wait_timeout,
-            on_wait=lambda n: ctx.rundir.event("waiting", round=rnd, connected=n, need=s.min_sites),
-        )
+        nodes = _wait_for_round(ctx, rnd, first_round=not ctx.started)
+        ctx.started = True
         ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt)
         _log("Round %d: training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
         content = _content(ctx, rnd)
@@ -214,6 +214,23 @@ def _train_round(ctx: Context, rnd: int) -> dict[str, Any]:
         site_names=",".join(sorted(r.site for r in accepted)),
     )
     return row
+
+
+def _wait_for_round(ctx: Context, rnd: int, first_round: bool) -> list[int]:
+    """Online nodes once enough sites are connected (start-sites before the first round of a launch)."""
+    s = ctx.settings
+    need = max(s.start_sites, s.min_sites) if first_round else s.min_sites
+
+    def on_wait(n: int) -> None:
+        ctx.rundir.event("waiting", round=rnd, connected=n, need=need)
+
+    if need > s.min_sites:
+        try:
+            return wait_for_sites(ctx.grid, need, s.site_wait_timeout, on_wait=on_wait)
+        except SitesUnavailable:
+            ctx.rundir.event("waiting", round=rnd, connected=len(online_nodes(ctx.grid)), need=s.min_sites)
+            need = s.min_sites
+    return wait_for_sites(ctx.grid, need, s.site_wait_timeout, on_wait=on_wait)
 
 
 def _dedupe_sites(accepted: list[Screened]) -> tuple[list[Screened], list[Rejected]]:

@@ -21,6 +21,7 @@ class FederationSettings:
     initial_model: str = ""
     num_server_rounds: int = 3
     min_sites: int = 2
+    start_sites: int = 0  # sites to wait for before round 1 (0 = min-sites); after site-wait-timeout min-sites do
     strategy: str = "fedavg"
     proximal_mu: float = 0.01  # used by fedprox only
     fedbn: bool = False

@@ -21,7 +21,7 @@ RAW_SIZE = (256, 208)  # DICOM size (the reader rejects < 200 px); the model see
 # Run settings that keep a round to a few seconds of compute per site.
 FAST = [
     "max-steps=2", "batch-size=4", "evaluate-initial=false", "val-fraction=0.3", "site-wait-timeout=240",
-    "round-timeout=300", "round-retries=1", "num-threads=1", "lr=1e-3",
+    "round-timeout=900", "round-retries=1", "num-threads=1", "lr=1e-3",
 ]
 BIN = Path(sys.executable).parent
 # Real daemons and one process per Flower message: minutes on a loaded 2-core machine.

@@ -53,7 +53,7 @@ def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
     f = faulty_federation
     out, log = f["root"] / "run", f["root"] / "server.log"
     server = start_server(f["model"], out, f["address"], rounds=2, min_sites=2, log=log,
-                          settings=FAST + ["round-retries=0"])
+                          settings=FAST + ["round-retries=0", "start-sites=5"])
     # Drop the slow site while it is in round 1 (it trains, then sleeps before replying).
     audit_dir = f["slow"] / ".mammo-fl"
     wait_for(lambda: any(e["event"] == "round_start" for e in events(out)), 1200, "round 1 start", proc=server)
