@@ -56,6 +56,10 @@ def _interrupt_on_sigterm() -> None:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _interrupt_on_sigterm()
+    from common.config import load_config
+    from simulations.settings import parse_settings
+
+    parse_settings(load_config(args.preset, "sim", args.overrides))  # fail fast, before torch/Flower load
     from simulations.driver import run_simulation_study
 
     run_simulation_study(

@@ -101,3 +101,35 @@ def test_partition_round_trip_and_errors(tmp_path, patients):
         part.partition_patients(patients, 2, "random")
     with pytest.raises(ConfigError, match="needs a 'site' column"):
         part.partition_patients(patients, 2, "site")
+
+
+def test_materialised_sites_train_on_all_their_patients(tmp_path):
+    """Site folders: relative manifest paths, saved split = own patients train + a share of validation."""
+    from simulations.sites import materialise_sites
+
+    images = _images(12, seed=5)
+    images["image_path"] = [str(tmp_path / "data" / f"{i}.dcm") for i in images["image_id"]]
+    (tmp_path / "data").mkdir()
+    for path in images["image_path"]:
+        open(path, "wb").close()
+    pts = part.patient_table(images)
+    val_ids = set(part.training_subset(pts, 4, seed=0))
+    val = images[images["patient_id"].isin(val_ids)]
+    train = images[~images["patient_id"].isin(val_ids)]
+    train_pts = pts[~pts["patient_id"].isin(val_ids)]
+    frame = part.partition_frame(train_pts, part.partition_patients(train_pts, 2, "iid", seed=0))
+    by_site = part.site_images(train, frame)
+    folders = materialise_sites(by_site, tmp_path / "sites", val, seed=0)
+    assert [f.name for f in folders] == ["site_00", "site_01"]
+    seen_val: set[str] = set()
+    for folder in folders:
+        manifest = pd.read_csv(folder / "manifest.csv", dtype=str)
+        assert not any(p.startswith("/") for p in manifest["image_path"])  # relative to the site folder
+        assert all((folder / p).resolve().is_file() for p in manifest["image_path"])
+        split = pd.read_csv(folder / ".mammo-fl" / "split.csv", dtype=str)
+        own = set(frame[frame["site"] == folder.name]["patient_id"])
+        assert set(split[split["split"] == "train"]["patient_id"]) == own
+        share = set(split[split["split"] == "val"]["patient_id"])
+        assert share and share <= val_ids and not share & seen_val  # validation dealt, never repeated
+        seen_val |= share
+    assert seen_val == val_ids  # the shares add up to the central validation set

@@ -113,6 +113,7 @@ def tiny_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # ~40-120 s on a shared 2-core host (Ray start-up dominates); `make test-slow`
 def test_tiny_grid_through_flower_simulation(tmp_path, tiny_model, synth_inbreast):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "simulations.cli", "--preset", "quick", "--out", str(out), "--model", str(tiny_model),
