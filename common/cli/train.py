@@ -46,8 +46,10 @@ def _context(args: argparse.Namespace):
 
 
 def _print_json(data: dict[str, Any]) -> None:
+    from common.training.pipeline import _jsonable
+
     keep = {k: v for k, v in data.items() if k != "history"}
-    print(json.dumps(keep, indent=1, default=float))
+    print(json.dumps(_jsonable(keep), indent=1, default=str))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -58,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.baseline:
         from common.training.pipeline import step_baseline
 
+        from common.training.pipeline import _jsonable
+
         metrics.update(step_baseline(ctx))
-        ctx.paths.metrics.write_text(json.dumps(metrics, indent=1, default=float))
+        ctx.paths.metrics.write_text(json.dumps(_jsonable(metrics), indent=1))
     _print_json(metrics)
     print(f"wrote {ctx.paths.whole_model}, {ctx.paths.metrics}, {ctx.paths.roc}, {ctx.paths.predictions}")
     return 0
