@@ -41,8 +41,10 @@ def _init_conv_bn(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def small_resnet_trunk(widths: tuple[int, int, int, int], blocks: tuple[int, int, int, int]) -> nn.Sequential:
-    """A ResNet of BasicBlocks with the torchvision layout (stride 32, same module names)."""
+def small_resnet_trunk(widths: tuple[int, int, int, int], blocks: tuple[int, int, int, int],
+                       last_stride: int = 2) -> nn.Sequential:
+    """A ResNet of BasicBlocks with the torchvision layout (same module names); output stride 32, or
+    16 with `last_stride=1` (layer4 keeps layer3's resolution: finer maps for small CPU-sized images)."""
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         conv1=nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
         bn1=nn.BatchNorm2d(widths[0]),
@@ -51,7 +53,7 @@ def small_resnet_trunk(widths: tuple[int, int, int, int], blocks: tuple[int, int
     )
     in_ch = widths[0]
     for i, (width, count) in enumerate(zip(widths, blocks, strict=True)):
-        stride = 1 if i == 0 else 2
+        stride = 1 if i == 0 else (last_stride if i == 3 else 2)
         units: list[nn.Module] = []
         for j in range(count):
             down = None
@@ -87,7 +89,7 @@ def vgg16_features() -> nn.Sequential:
 
 
 def build_trunk(arch: str) -> nn.Sequential:
-    """A randomly initialised, truncated trunk (output stride 32, `trunk_channels(arch)` channels)."""
+    """A randomly initialised, truncated trunk (output stride 32, 16 for resnet_tiny16; `trunk_channels(arch)` channels)."""
     if arch == "resnet50":
         return _resnet_trunk_from_torchvision(resnet50(weights=None))
     if arch == "resnet34":
@@ -98,6 +100,8 @@ def build_trunk(arch: str) -> nn.Sequential:
         return small_resnet_trunk((32, 64, 128, 256), (2, 2, 2, 2))
     if arch == "resnet_tiny":
         return small_resnet_trunk((16, 32, 64, 128), (1, 1, 1, 1))
+    if arch == "resnet_tiny16":
+        return small_resnet_trunk((16, 32, 64, 128), (1, 1, 1, 1), last_stride=1)
     if arch == "vgg16":
         return vgg16_features()
     if arch == "vgg_tiny":
@@ -131,11 +135,11 @@ def stage2_trunk_modules(trunk: nn.Module, arch: str) -> list[nn.Module]:
 
     ResNet50 "top 46 layers" = `layer3[5]` + `layer4`; VGG16 "top 11" = `features[17:]` (conv4_1 on).
     Small nets get the analogous share: the last unit of layer3 + layer4 (ResNet18/34/small), layer4
-    (resnet_tiny: one unit per layer), the last two VGG blocks (vgg_tiny).
+    (resnet_tiny/resnet_tiny16: one unit per layer), the last two VGG blocks (vgg_tiny).
     """
     if arch in ("resnet50", "resnet34", "resnet18", "resnet_small"):
         return [trunk.layer3[-1], trunk.layer4]
-    if arch == "resnet_tiny":
+    if arch in ("resnet_tiny", "resnet_tiny16"):
         return [trunk.layer4]
     if arch == "vgg16":
         return [trunk[i] for i in range(17, len(trunk))]

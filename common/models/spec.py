@@ -2,7 +2,7 @@
 
 Patch spec::
 
-    {"arch": "resnet50" | "resnet18" | "resnet34" | "vgg16" | "resnet_tiny" | "resnet_small" | "vgg_tiny",
+    {"arch": "resnet50" | "resnet18" | "resnet34" | "vgg16" | "resnet_tiny" | "resnet_tiny16" | "resnet_small" | "vgg_tiny",
      "num_classes": 5, "dropout": 0.0}
 
 Whole-image spec::
@@ -32,6 +32,7 @@ TRUNK_ARCHS: dict[str, tuple[int, str]] = {
     "resnet18": (512, "resnet"),
     "resnet_small": (256, "resnet"),  # BasicBlock [2,2,2,2], widths 32-64-128-256
     "resnet_tiny": (128, "resnet"),  # BasicBlock [1,1,1,1], widths 16-32-64-128
+    "resnet_tiny16": (128, "resnet"),  # resnet_tiny with a stride-1 layer4: output stride 16
     "vgg16": (512, "vgg"),
     "vgg_tiny": (128, "vgg"),  # 5 VGG blocks with BN, widths 16-32-64-128-128
 }
