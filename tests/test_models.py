@@ -12,7 +12,7 @@ from torchvision.models import resnet18, resnet34, vgg16
 from common.errors import ConfigError, DataError
 from common.models import PAPER_TOPS, build_model, convert_patch_to_whole, load_pretrained_trunk, stage2_modules
 from common.models.patch import vgg16_features
-from common.models.spec import TRUNK_ARCHS
+from common.models.spec import TRUNK_ARCHS, trunk_stride
 
 TINY_RESNET_TOP = {"type": "resnet", "blocks": [[16, 16, 32, 1], [16, 16, 32, 1]]}
 TINY_VGG_TOP = {"type": "vgg", "blocks": [[32, 1], [16, 1]]}
@@ -138,8 +138,24 @@ def test_all_archs_are_buildable_with_stride_32() -> None:
         if arch in ("resnet50", "vgg16", "resnet34"):
             continue  # large; covered elsewhere
         m = build_model("patch", {"arch": arch}).eval()
+        expected = (4, 3) if trunk_stride(arch) == 32 else (8, 6)
         with torch.no_grad():
-            assert m.trunk(torch.zeros(1, 3, 128, 96)).shape[-2:] == (4, 3)
+            assert m.trunk(torch.zeros(1, 3, 128, 96)).shape[-2:] == expected
+
+
+def test_resnet_tiny16_has_stride_16_and_converts_to_whole_image() -> None:
+    # same widths/blocks as resnet_tiny, so the same parameter count; only layer4 keeps the resolution
+    tiny = build_model("patch", {"arch": "resnet_tiny"})
+    tiny16 = build_model("patch", {"arch": "resnet_tiny16"}).eval()
+    assert sum(p.numel() for p in tiny16.parameters()) == sum(p.numel() for p in tiny.parameters())
+    assert trunk_stride("resnet_tiny16") == 16 and trunk_stride("resnet_tiny") == 32
+    with torch.no_grad():
+        assert tiny16.trunk(torch.zeros(1, 3, 56, 56)).shape[-2:] == (4, 4)
+    whole = convert_patch_to_whole(tiny16, TINY_RESNET_TOP).eval()
+    with torch.no_grad():
+        assert whole.trunk(torch.zeros(1, 3, 288, 224)).shape[-2:] == (18, 14)
+        assert whole(torch.zeros(2, 3, 288, 224)).shape == (2, 2)
+    assert [id(m) for m in stage2_modules(tiny16)] == [id(tiny16.trunk.layer4), id(tiny16.fc)]
 
 
 def test_paper_preset_geometry_on_meta_device() -> None:

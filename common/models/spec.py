@@ -63,6 +63,12 @@ def trunk_channels(arch: str) -> int:
     return TRUNK_ARCHS[arch][0]
 
 
+def trunk_stride(arch: str) -> int:
+    """Output stride of the truncated trunk (input pixels per output cell)."""
+    check_arch(arch)
+    return 16 if arch == "resnet_tiny16" else 32
+
+
 def trunk_family(arch: str) -> str:
     check_arch(arch)
     return TRUNK_ARCHS[arch][1]

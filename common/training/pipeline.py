@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.augment import AugmentSettings
 from common.baseline import BaselineSettings, TwoStepBaseline, dataset_heatmaps
 from common.checkpoint import PATCH_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from common.data import PatchDataset, WholeImageDataset
@@ -35,6 +36,7 @@ from common.evaluation import check_preprocessing, ensemble_scores, predict_scor
 from common.index import IndexTables, load_index
 from common.metrics import auc, bootstrap_auc_ci, plot_roc, roc_curve, sens_spec_at
 from common.models import build_model, convert_patch_to_whole, load_pretrained_trunk
+from common.models.spec import trunk_stride
 from common.patches import PatchSetReport, SamplingSettings, build_patch_set, load_patch_set
 from common.preprocess import ImageCache, PreprocessSettings, default_cache_root, mean_grey
 from common.training.patch import patch_stages, train_patch_classifier
@@ -108,9 +110,18 @@ class RunContext:
     def split_images(self, split: str) -> pd.DataFrame:
         return self.images[self.images["split"] == split].reset_index(drop=True)
 
-    def whole_dataset(self, split: str, augment: bool = False) -> WholeImageDataset:
+    def whole_dataset(self, split: str, augment: bool = False,
+                      augment_settings: AugmentSettings | None = None) -> WholeImageDataset:
         return WholeImageDataset(self.split_images(split), self.cache, self.preprocessing["mean"], augment,
-                                 seed=self.seed)
+                                 seed=self.seed, augment_settings=augment_settings)
+
+
+def augment_settings(train_cfg: dict[str, Any]) -> AugmentSettings:
+    """The optional `augmentation` table of a [*_train] section (missing keys: the paper's defaults)."""
+    table = train_cfg.get("augmentation", {})
+    if not isinstance(table, dict):
+        raise ConfigError("the augmentation setting must be a table, e.g. [whole_train.augmentation]")
+    return AugmentSettings.from_dict(table)
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -213,7 +224,7 @@ def step_train_patch(ctx: RunContext, pretrained: str | None = None, patches_dir
     if train_rows.empty:
         raise DataError(patches_dir or ctx.paths.patches, "the patch set has no training patches")
     train_set = PatchDataset(train_rows, mean, bool(train_cfg.get("augment", True)), seed=ctx.seed,
-                             path_column="abs_path")
+                             augment_settings=augment_settings(train_cfg), path_column="abs_path")
     val_set = PatchDataset(val_rows, mean, False, path_column="abs_path")
     spec = {"arch": model_cfg["arch"], "num_classes": len(PATCH_CLASSES), "dropout": float(model_cfg.get("dropout", 0.0))}
     seed_everything(ctx.seed)
@@ -265,7 +276,8 @@ def step_train_whole(ctx: RunContext, patch_model: Path | None = None, resume: b
                                    input_size=size)
     if not resume:
         ctx.paths.whole_state.unlink(missing_ok=True)
-    train_set = ctx.whole_dataset("train", augment=bool(train_cfg.get("augment", True)))
+    train_set = ctx.whole_dataset("train", augment=bool(train_cfg.get("augment", True)),
+                                  augment_settings=augment_settings(train_cfg))
     val_set = ctx.whole_dataset("val")
     result = train_whole_classifier(
         model, train_set, val_set, whole_stages(train_cfg), ctx.device, preprocessing=ctx.preprocessing,
@@ -355,7 +367,8 @@ def step_baseline(ctx: RunContext, patch_model: Path | None = None, split: str =
     settings = BaselineSettings(cutoffs=tuple(float(c) for c in cfg.get("cutoffs", (0.3, 0.5, 0.7, 0.9))),
                                 n_estimators=int(cfg.get("n_estimators", 500)), max_depth=int(cfg.get("max_depth", 9)),
                                 min_samples_split=cfg.get("min_samples_split", 300), seed=ctx.seed)
-    window = max(1, round(int(patch.preprocessing["height"]) / 32))  # patch footprint at stride 32
+    stride = trunk_stride(str(patch.model_spec.get("arch", "resnet_tiny")))
+    window = max(1, round(int(patch.preprocessing["height"]) / stride))  # patch footprint in trunk cells
     start = time.perf_counter()
     train_maps, train_y = dataset_heatmaps(patch.model.trunk, patch.model.fc, ctx.whole_dataset("train"), window,
                                            ctx.device, progress=ctx.progress)
