@@ -31,6 +31,10 @@ from common.flower_proc import free_port
 ALLOWED_METRICS = set(P.TRAIN_METRICS) | set(P.EVAL_METRICS)
 
 
+# Real SuperLink + SuperNodes over loopback: minutes per round on a loaded 2-core box,
+# so these run with `make test-slow` (and in CI after the default suite).
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("fed")

@@ -26,6 +26,10 @@ from client.audit import read_entries
 from common.flower_proc import free_port
 
 
+# Real SuperLink + SuperNodes over loopback: minutes per round on a loaded 2-core box,
+# so these run with `make test-slow` (and in CI after the default suite).
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def faulty_federation(tmp_path_factory):
     root = tmp_path_factory.mktemp("fedfaults")
