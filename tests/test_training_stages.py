@@ -132,6 +132,19 @@ def test_patch_training_learns_and_reports_accuracy() -> None:
     assert result.best_metric > 0.5  # chance is 0.2
 
 
+def test_cosine_stage_decays_lr_per_epoch_and_training_uses_it() -> None:
+    stage = patch_stages({"stage1": {"epochs": 1, "lr": 1e-2}, "stage2": {"epochs": 1, "lr": 1e-2},
+                          "stage3": {"epochs": 3, "lr": 1e-3, "lr_final": 1e-5}})[2]
+    assert [stage.lr_at(e) for e in range(3)] == pytest.approx([1e-3, (1e-3 + 1e-5) / 2, 1e-5])
+    assert Stage("all", 3, 1e-3).lr_at(2) == 1e-3  # no lr_final: constant
+    torch.manual_seed(0)
+    model = build_model("patch", {"arch": "resnet_tiny"})
+    result = train_staged(model, patch_data(), [stage], lambda m: 0.5, CPU, batch_size=8, augment=False)
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-3, 5.05e-4, 1e-5])
+    with pytest.raises(ConfigError):
+        Stage("all", 2, 1e-4, lr_final=1e-3)  # decay only
+
+
 def test_stage_config_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError):
         patch_stages({"stage1": {"epochs": 1, "lr": 1e-3}, "stage2": {"epochs": 1, "lr": 1e-3}})

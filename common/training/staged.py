@@ -1,7 +1,8 @@
 """Staged training engine shared by the patch (3-stage) and whole-image (2-stage) schedules.
 
 Each stage unfreezes a set of modules (`common.training.loops.set_trainable`) and trains them
-with a fresh Adam optimizer at its own learning rate / weight decay. After every epoch a
+with a fresh Adam optimizer at its own learning rate / weight decay (constant, or cosine-decayed
+per epoch to `lr_final`). After every epoch a
 validation metric is computed; the best weights (over all stages) are kept and restored at the
 end (model selection). Every epoch reseeds the shuffling and augmentation from (seed, epoch), so
 a run resumed from its saved state continues exactly as the uninterrupted run would have.
@@ -38,25 +39,40 @@ class Stage:
     epochs: int
     lr: float
     weight_decay: float = 0.0
+    lr_final: float | None = None  # cosine decay per epoch from lr to lr_final (None = constant lr)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or not self.lr > 0 or self.weight_decay < 0:
             raise ConfigError(f"bad training stage {self}: need epochs >= 0, lr > 0, weight_decay >= 0")
+        if self.lr_final is not None and not 0 < self.lr_final <= self.lr:
+            raise ConfigError(f"bad training stage {self}: need 0 < lr_final <= lr")
+
+    def lr_at(self, epoch_in_stage: int) -> float:
+        """Learning rate of one epoch: cosine from lr (first epoch) to lr_final (last epoch).
+
+        Per epoch, not per step, so that a resumed run recomputes it from the epoch counter alone.
+        """
+        if self.lr_final is None or self.epochs <= 1:
+            return self.lr
+        progress = min(epoch_in_stage, self.epochs - 1) / (self.epochs - 1)
+        return self.lr_final + (self.lr - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def stages_from_config(section: dict[str, Any], layout: dict[str, str], where: str) -> list[Stage]:
-    """`{"stage1": {"epochs", "lr", "weight_decay"}, ...}` -> Stages; `layout` maps stage key -> trainable set."""
+    """`{"stage1": {"epochs", "lr", "weight_decay"[, "lr_final"]}, ...}` -> Stages; `layout` maps stage key -> trainable set."""
     stages = []
     for key, trainable in layout.items():
         values = section.get(key)
         if not isinstance(values, dict):
             raise ConfigError(f"{where}.{key} is missing (needs epochs, lr, weight_decay)")
-        unknown = set(values) - {"epochs", "lr", "weight_decay"}
+        unknown = set(values) - {"epochs", "lr", "weight_decay", "lr_final"}
         if unknown:
             raise ConfigError(f"unknown key(s) in {where}.{key}: {', '.join(sorted(unknown))}")
         try:
+            lr_final = values.get("lr_final")
             stages.append(Stage(trainable, int(values["epochs"]), float(values["lr"]),
-                                float(values.get("weight_decay", 0.0))))
+                                float(values.get("weight_decay", 0.0)),
+                                None if lr_final is None else float(lr_final)))
         except KeyError as exc:
             raise ConfigError(f"{where}.{key} lacks {exc.args[0]!r}") from None
     return stages
@@ -156,6 +172,9 @@ def train_staged(
             if max_epochs is not None and done_now >= max_epochs:
                 return StagedResult(state.best_metric, state.best_epoch, state.history,
                                     time.perf_counter() - start, finished=False)
+            lr = stage.lr_at(state.epoch_in_stage)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             epoch_seed = seed * 100_003 + state.global_epoch
             seed_everything(epoch_seed)
             if augmenter is not None:
@@ -174,7 +193,7 @@ def train_staged(
                 state.best_metric = metric
                 state.best_epoch = state.global_epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            record = {"stage": state.stage_index + 1, "epoch": state.global_epoch + 1, "lr": stage.lr,
+            record = {"stage": state.stage_index + 1, "epoch": state.global_epoch + 1, "lr": lr,
                       "train_loss": stats.loss, "metric": metric, "seconds": round(stats.seconds, 2),
                       "examples_per_s": round(stats.examples / stats.seconds, 1) if stats.seconds else None}
             state.history.append(record)
