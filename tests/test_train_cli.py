@@ -137,6 +137,20 @@ def test_predict_on_dicoms_and_index(run_dir: Path, index_dir: Path, tmp_path: P
     assert np.allclose(merged["malignant_prob_run"], merged["malignant_prob_pred"], atol=1e-5)
 
 
+def test_evaluate_ensemble_takes_several_checkpoints(run_dir: Path, index_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.pt"
+    shutil.copy(run_dir / "whole_image.pt", copy)
+    out = tmp_path / "ens"
+    assert train_main(["evaluate", "--data", str(index_dir), "--out", str(run_dir), "--eval-out", str(out),
+                       "--model", str(run_dir / "whole_image.pt"), str(copy), *_sets()]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["checkpoints"]) == 2
+    ref = pd.read_csv(run_dir / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+    got = pd.read_csv(out / "predictions.csv", dtype={"image_id": str}).set_index("image_id")
+    # the mean of two identical models is the model
+    assert np.allclose(got.loc[ref.index, "malignant_prob"], ref["malignant_prob"], atol=1e-5)
+
+
 def test_bad_input_is_one_line_error(index_dir: Path, tmp_path: Path, capsys) -> None:
     assert train_main(["run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     assert train_main(["run", "--data", str(index_dir), "--out", str(tmp_path / "r"),

@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="AUC + CI, A-AUC, ROC, predictions on a split")
     _common(p)
-    p.add_argument("--model", action="append", help="whole-image checkpoint(s); several = ensemble "
-                   "(default RUNDIR/whole_image.pt)")
+    p.add_argument("--model", action="extend", nargs="+", metavar="CKPT",
+                   help="whole-image checkpoint(s); several (--model A B, or --model repeated) = an ensemble "
+                   "averaging their probabilities (default RUNDIR/whole_image.pt)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--eval-out", help="folder for metrics.json / roc.png / predictions.csv (default RUNDIR)")
     p.set_defaults(func=cmd_evaluate)
