@@ -55,18 +55,43 @@ def report(out_dir: Path, wall: float | None = None) -> None:
     sim = sum(float(j.get("simulation_seconds", 0.0)) for j in fed)
     rounds = sum(float(j.get("round_seconds", 0.0)) for j in fed)
     train = sum(float(j.get("max_site_train_seconds", 0.0)) for j in fed)
+    evaluate = sum(float(j.get("evaluate_seconds", 0.0)) for j in fed)
+    queue = sum(_queue_seconds(j, _slots(record, j)) for j in fed)
     job_total = sum(float(j.get("seconds", 0.0)) for j in fed)
     startup = max(0.0, sim - rounds - ray_init)
     print(f"\nfederated runs: {len(fed)}")
-    print(f"{'':<38}{'seconds':>10}{'of fed wall':>12}")
+    print(f"{'':<44}{'seconds':>10}{'of fed wall':>12}")
     for name, secs in (("federated jobs wall (incl. scoring)", job_total), ("  Flower simulation", sim),
                        ("    Ray init (ray.init)", ray_init),
                        ("    Flower start-up + shutdown", startup),
                        ("    rounds (train + evaluate)", rounds),
                        ("      slowest site's training", train),
-                       ("      overhead (messaging, eval, set-up)", rounds - train)):
-        print(f"{name:<38}{secs:>10.1f}{(secs / job_total if job_total else 0):>12.1%}")
-    print(f"share of federated wall time not spent training: {1 - train / job_total:.1%}" if job_total else "")
+                       ("      sites waiting for a CPU slot", queue),
+                       ("      federated evaluation exchange", evaluate),
+                       ("      rest (messaging, ClientApp set-up)", rounds - train - queue - evaluate)):
+        print(f"{name:<44}{secs:>10.1f}{(secs / job_total if job_total else 0):>12.1%}")
+    if job_total:
+        print(f"share of federated wall time not spent training: {1 - (train + queue) / job_total:.1%}")
+
+
+def _slots(record: dict, job: dict) -> int:
+    """Virtual sites that can train at once: Ray's CPUs / CPUs per site (GPU runs: all sites)."""
+    flower = record.get("settings", {}).get("flower", {})
+    k = int(job.get("k_sites", 1)) or 1
+    if record.get("device", "cpu") != "cpu":
+        return k
+    per_site = float(flower.get("client_num_cpus", 1)) or 1.0
+    return max(1, min(k, int(float(flower.get("ray_num_cpus", k)) // per_site)))
+
+
+def _queue_seconds(job: dict, slots: int) -> float:
+    """Training time lost to too few slots: the exchange takes >= sum/slots, not the slowest site alone.
+
+    A lower bound computed from the per-round sums (older runs without them count 0).
+    """
+    total = float(job.get("sum_site_train_seconds", 0.0))
+    slowest = float(job.get("max_site_train_seconds", 0.0))
+    return max(0.0, total / slots - slowest) if total else 0.0
 
 
 def _tiny_inputs(work: Path) -> tuple[Path, Path]:

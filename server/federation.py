@@ -200,14 +200,19 @@ def _train_round(ctx: Context, rnd: int) -> dict[str, Any]:
     loss = sum(float(r.metrics["train-loss"]) * int(r.metrics["num-examples"]) for r in accepted) / total
     bytes_out = P.recorddict_nbytes(content)
     bytes_in = [P.recorddict_nbytes(col.replies[r.node].content) for r in accepted]
+    t_eval = time.monotonic()
     evaluation = _evaluate(ctx, rnd)
+    eval_seconds = time.monotonic() - t_eval
     row = _evaluation_row(ctx, rnd, evaluation)
     row.update(
         sites=len(accepted),
         train_loss=loss,
         round_seconds=time.monotonic() - t0,
         max_site_train_seconds=max_site,
+        # the sum shows queueing: with fewer CPU/GPU slots than sites the train exchange takes ~sum/slots
+        sum_site_train_seconds=sum(float(r.metrics["train-seconds"]) for r in accepted),
         overhead_seconds=train_seconds - max_site,
+        evaluate_seconds=eval_seconds,
         bytes_to_each_site=bytes_out,
         bytes_from_sites=int(sum(bytes_in)),
         rejected=len(rejected) + len(dup),

@@ -20,7 +20,8 @@ from common.errors import MammoError
 
 BASE_COLUMNS = [
     "round", "pooled_auc", "sites", "eval_sites", "sens", "spec", "threshold", "n_pos", "n_neg", "train_loss",
-    "round_seconds", "max_site_train_seconds", "overhead_seconds", "bytes_to_each_site", "bytes_from_sites",
+    "round_seconds", "max_site_train_seconds", "sum_site_train_seconds", "overhead_seconds", "evaluate_seconds",
+    "bytes_to_each_site", "bytes_from_sites",
     "rejected", "site_names",
 ]
 

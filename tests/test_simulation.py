@@ -150,6 +150,10 @@ def test_tiny_grid_through_flower_simulation(tmp_path, tiny_model, synth_inbreas
     assert record["environment"]["versions"]["flwr"].startswith("1.42")
     fed_jobs = [j for j in record["grid"]["jobs"] if j["method"] == "federated"]
     assert len(fed_jobs) == 1 and fed_jobs[0]["ray_init_seconds"] > 0
+    # per-round timing split the benchmark reads: both sites' training summed, the evaluation exchange
+    job = fed_jobs[0]
+    assert job["sum_site_train_seconds"] >= job["max_site_train_seconds"] > 0
+    assert 0 < job["evaluate_seconds"] < job["round_seconds"]
 
     # the saved partition: patient-level, no overlap with validation, sites as Flower reads them
     part_k2 = pd.read_csv(out / "partitions" / "seed0" / "n4" / "k2.csv", dtype=str)

@@ -49,7 +49,8 @@ def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Pa
 def _read_round_timings(out_dir: Path) -> dict[str, float]:
     """Sum the ServerApp's per-round timings (metrics.csv): round wall, slowest site's training, overhead."""
     path = out_dir / "metrics.csv"
-    sums = {"round_seconds": 0.0, "max_site_train_seconds": 0.0, "overhead_seconds": 0.0}
+    sums = {"round_seconds": 0.0, "max_site_train_seconds": 0.0, "sum_site_train_seconds": 0.0,
+            "overhead_seconds": 0.0, "evaluate_seconds": 0.0}
     if not path.is_file():
         return sums
     with open(path, newline="") as fh:
