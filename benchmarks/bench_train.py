@@ -1,6 +1,6 @@
 """Training throughput and memory, measured side by side in one run.
 
-(a) CPU preset size (288x224, resnet_tiny trunk + small ResNet top, batch 8):
+(a) CPU preset size (288x224, the cpu preset's trunk + top, batch 8):
     full loop  = DataLoader over cached 16-bit PNGs + augmentation + train step, vs
     step alone = train step on a pre-loaded tensor batch (no data pipeline, no augmentation);
     images/s of each and the ratio (the data pipeline must not be the bottleneck: aim >= 0.9).
@@ -27,14 +27,22 @@ from pathlib import Path
 
 import torch
 
+from common.config import load_config
 from common.data import WholeImageDataset
 from common.device import make_grad_scaler, seed_everything, select_device
 from common.training.loops import make_loader, run_epoch, set_trainable, trainable_parameters
+from common.training.pipeline import top_spec
 
-CPU_SPEC = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [[32, 32, 64, 1], [32, 32, 64, 1]]},
-            "num_classes": 2, "dropout": 0.0}
-PAPER_SPEC = {"trunk": "resnet50", "top": {"type": "resnet", "blocks": [[512, 512, 1024, 2], [512, 512, 1024, 2]]},
-              "num_classes": 2, "dropout": 0.0}
+
+
+def preset_spec(preset: str) -> dict:
+    """The whole-image model a `mammo-train` preset builds (trunk + its selected top)."""
+    config = load_config(preset, "train", [])
+    return {"trunk": config["patch_model"]["arch"], "top": top_spec(config), "num_classes": 2, "dropout": 0.0}
+
+
+CPU_SPEC = preset_spec("cpu")      # resnet_tiny16 + [64-64-256]x1 x2
+PAPER_SPEC = preset_spec("paper")  # resnet50 + [512-512-1024]x2
 
 
 def rss_peak_mb() -> float:
