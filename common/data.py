@@ -184,6 +184,12 @@ class PatchDataset(_CachedImages):
         return self._label_array.copy()
 
 
+def preload_if_small(dataset: Dataset, max_mb: float) -> None:
+    """Hold a cached-image dataset in RAM when it fits in `max_mb` (PNG decoding then costs nothing per epoch)."""
+    if isinstance(dataset, _CachedImages) and len(dataset) and dataset.preload_bytes() <= max_mb * 2**20:
+        dataset.preload()
+
+
 def split_augmentation(dataset: Dataset, seed: int | None = None) -> tuple[Dataset, BatchAugmenter | None]:
     """(dataset yielding un-augmented items, batch augmenter or None).
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common.augment import AugmentSettings, BatchAugmenter
-from common.data import _CachedImages, split_augmentation
+from common.data import preload_if_small, split_augmentation
 from common.device import make_grad_scaler, seed_everything
 from common.errors import ConfigError, MammoError
 from common.training.loops import ProximalTerm, make_loader, needs_drop_last, run_epoch, trainable_parameters
@@ -59,11 +59,6 @@ class FineTuneConfig:
         return asdict(self)
 
 
-def _maybe_preload(dataset: Dataset, max_mb: float) -> None:
-    if isinstance(dataset, _CachedImages) and len(dataset) and dataset.preload_bytes() <= max_mb * 2**20:
-        dataset.preload()
-
-
 def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: torch.device | str,
              reference_state: dict[str, torch.Tensor] | None = None, progress: bool = False) -> dict[str, Any]:
     """Train the model's trainable parameters in place; returns num_examples, train_loss, seconds (+ steps).
@@ -87,7 +82,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
         augmenter = None
     elif augmenter is None and not getattr(dataset, "augment", False):
         augmenter = BatchAugmenter(cfg.seed, AugmentSettings())  # foreign dataset: grey-ness detected per batch
-    _maybe_preload(plain, cfg.preload_max_mb)
+    preload_if_small(plain, cfg.preload_max_mb)
     proximal = None
     if cfg.proximal_mu > 0:
         ref = reference_state if reference_state is not None else {k: v.detach().clone()

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common.augment import AugmentSettings, BatchAugmenter
-from common.data import _CachedImages, split_augmentation
+from common.data import preload_if_small, split_augmentation
 from common.device import make_grad_scaler, seed_everything
 from common.errors import ConfigError, MammoError
 from common.training.loops import make_loader, needs_drop_last, run_epoch, set_trainable, trainable_parameters
@@ -110,11 +110,6 @@ class StagedResult:
     finished: bool  # False when stopped by max_epochs (resume later)
 
 
-def _preload(dataset: Dataset, max_mb: float) -> None:
-    if isinstance(dataset, _CachedImages) and len(dataset) and dataset.preload_bytes() <= max_mb * 2**20:
-        dataset.preload()
-
-
 def train_staged(
     model: nn.Module,
     train_set: Dataset,
@@ -151,7 +146,7 @@ def train_staged(
         augmenter = BatchAugmenter(seed, getattr(train_set, "augment_settings", AugmentSettings()))
     if not augment:
         augmenter = None
-    _preload(plain, preload_max_mb)
+    preload_if_small(plain, preload_max_mb)
     drop_last = needs_drop_last(model, len(plain), batch_size)
     scaler = make_grad_scaler(device)
     done_now = 0
