@@ -39,7 +39,8 @@ def cached_dataset(layout: str, cache_root: Path, patients: int, seed: int, heig
 
 
 def make_synthetic_index(layout: str, out_dir: Path, patients: int, seed: int, height: int = 0,
-                         width: int = 0, conspicuity: float = 1.0, lesion_scale: float = 1.0) -> Path:
+                         width: int = 0, conspicuity: float = 1.0, lesion_scale: float = 1.0,
+                         secondary_signs: float = 0.0) -> Path:
     """Generate a dataset into `out_dir/raw`, index it with its adapter into `out_dir/index` (+ split)."""
     from common.adapters import build_index
     from common.index import write_index
@@ -48,7 +49,7 @@ def make_synthetic_index(layout: str, out_dir: Path, patients: int, seed: int, h
 
     raw = out_dir / "raw"
     kwargs: dict = {"size": _size(height, width), "progress": True, "conspicuity": float(conspicuity),
-                    "lesion_scale": float(lesion_scale)}
+                    "lesion_scale": float(lesion_scale), "secondary_signs": float(secondary_signs)}
     generate_dataset(layout, raw, patients=patients or _default_patients(layout), seed=seed, **kwargs)
     index_dir = out_dir / "index"
     tables = build_index(layout, raw, index_dir)

@@ -12,6 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from common.errors import ConfigError, DataError
 from common.synth import SynthConfig, generate_dataset, plan, render_image
@@ -205,6 +206,25 @@ def test_malignancy_is_in_morphology_not_in_image_statistics():
     assert report.n_rois >= 40
     assert report.image_stat_auc <= 0.7, report
     assert report.roi_auc >= 0.85, report
+
+
+def test_secondary_signs_thicken_the_skin_of_malignant_images_only():
+    """Skin thickening: malignant images only, away from every lesion, nothing else in the image moves."""
+    specs = plan_inbreast(8, PlanOptions(288, 224, seed=5, prevalence=0.5), PROFILES["siemens-mammomat"])
+    assert {s.label for s in specs} == {0, 1}
+    changed = 0
+    for spec in specs:
+        plain, signed = render_image(spec), render_image(spec, secondary_signs=1.0)
+        assert [r.bbox for r in plain.rois] == [r.bbox for r in signed.rois]
+        diff = np.abs(signed.acquired.pixels.astype(float) - plain.acquired.pixels.astype(float)) > 0
+        if spec.label == 0:
+            assert not diff.any()
+            continue
+        changed += 1
+        assert diff.any()
+        near_skin = ~ndimage.binary_erosion(plain.breast, iterations=15)  # the outer 15 px of the breast
+        assert diff[~near_skin].mean() < 0.05 * max(diff[near_skin & plain.breast].mean(), 1e-9)
+    assert changed >= 1
 
 
 # --- errors and CLI -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from common.config import load_config
 from common.errors import ConfigError
 
 FLAG_KEYS = ("layout", "patients", "seed", "domain", "sites", "prevalence", "conspicuity", "lesion_scale",
-             "vendor", "cbis_tree", "workers")
+             "secondary_signs", "vendor", "cbis_tree", "workers")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prevalence", type=float, help="share of positive patients (cbis-ddsm: malignant abnormalities)")
     parser.add_argument("--conspicuity", type=float, help="lesion contrast multiplier (default 1)")
     parser.add_argument("--lesion-scale", dest="lesion_scale", type=float, help="lesion size multiplier (default 1)")
+    parser.add_argument("--secondary-signs", dest="secondary_signs", type=float,
+                        help="share of malignant images that also show skin thickening, a sign away from the "
+                        "lesion that only whole-image models can use (default 0)")
     parser.add_argument("--vendor", help="force one vendor profile (cbis-ddsm / inbreast)")
     parser.add_argument("--cbis-tree", dest="cbis_tree", choices=["descriptive", "classic"],
                         help="CBIS-DDSM folder naming (default descriptive, as the NBIA retriever writes)")
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         domain=str(cfg["domain"]) or None, sites=int(cfg["sites"]), size=size,
         prevalence=None if prevalence is None or float(prevalence) < 0 else float(prevalence),
         conspicuity=float(cfg["conspicuity"]), lesion_scale=float(cfg["lesion_scale"]),
-        vendor=str(cfg["vendor"]) or None, cbis_tree=str(cfg["cbis_tree"]), site_names=site_names,
+        secondary_signs=float(cfg.get("secondary_signs", 0.0)), vendor=str(cfg["vendor"]) or None, cbis_tree=str(cfg["cbis_tree"]), site_names=site_names,
         workers=int(cfg["workers"]) or None, overwrite=args.overwrite, progress=not args.quiet,
     )
     out = generate(config)

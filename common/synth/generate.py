@@ -44,6 +44,7 @@ class SynthConfig:
     prevalence: float | None = None
     conspicuity: float = 1.0
     lesion_scale: float = 1.0
+    secondary_signs: float = 0.0  # share of malignant images that also show skin thickening (image-level context)
     vendor: str | None = None  # force one vendor profile (cbis-ddsm / inbreast)
     cbis_tree: str = "descriptive"  # descriptive (NBIA retriever) | classic (UID folders)
     site_names: tuple[str, ...] | None = None
@@ -73,6 +74,8 @@ class SynthConfig:
             raise ConfigError(f"prevalence must be in [0, 1] (got {prevalence})")
         if not 0.1 <= self.conspicuity <= 5.0:
             raise ConfigError(f"conspicuity must be in [0.1, 5] (got {self.conspicuity})")
+        if not 0.0 <= self.secondary_signs <= 1.0:
+            raise ConfigError(f"secondary_signs must be in [0, 1] (got {self.secondary_signs})")
         if self.cbis_tree not in ("descriptive", "classic"):
             raise ConfigError(f"cbis_tree must be descriptive or classic (got {self.cbis_tree!r})")
         if self.vendor is not None:
@@ -114,11 +117,11 @@ def plan(config: SynthConfig) -> list[ImageSpec]:
     return images
 
 
-def _render_and_write(task: tuple[str, ImageSpec, str, float, dict]) -> dict:
+def _render_and_write(task: tuple[str, ImageSpec, str, float, float, dict]) -> dict:
     """Worker: render one image and write its files. Errors come back as text (they cross processes)."""
-    layout, spec, out_dir, conspicuity, options = task
+    layout, spec, out_dir, conspicuity, secondary_signs, options = task
     try:
-        rendered = render_image(spec, conspicuity)
+        rendered = render_image(spec, conspicuity, secondary_signs)
         return LAYOUTS[layout].write_image(rendered, Path(out_dir), options)
     except MammoError as exc:
         return {"error": str(exc)}
@@ -170,7 +173,7 @@ def generate(config: SynthConfig) -> Path:
     images = plan(cfg)
     _prepare_out_dir(cfg.out_dir, cfg.overwrite)
     options = {"cbis_tree": cfg.cbis_tree, "site_names": cfg.names_of_sites()}
-    tasks = [(cfg.layout, spec, str(cfg.out_dir), cfg.conspicuity, options) for spec in images]
+    tasks = [(cfg.layout, spec, str(cfg.out_dir), cfg.conspicuity, cfg.secondary_signs, options) for spec in images]
     workers = _workers(cfg.workers, len(tasks))
     start = time.perf_counter()
     results: list[dict] = []
@@ -205,6 +208,7 @@ def generate_dataset(
     prevalence: float | None = None,
     conspicuity: float = 1.0,
     lesion_scale: float = 1.0,
+    secondary_signs: float = 0.0,
     vendor: str | None = None,
     cbis_tree: str = "descriptive",
     site_names: tuple[str, ...] | list[str] | None = None,
@@ -222,7 +226,8 @@ def generate_dataset(
     config = SynthConfig(
         layout=layout, out_dir=Path(out_dir), patients=int(patients), seed=int(seed), domain=domain, sites=int(sites),
         size=None if size is None else (int(size[0]), int(size[1])), prevalence=prevalence,
-        conspicuity=float(conspicuity), lesion_scale=float(lesion_scale), vendor=vendor, cbis_tree=cbis_tree,
+        conspicuity=float(conspicuity), lesion_scale=float(lesion_scale), secondary_signs=float(secondary_signs),
+        vendor=vendor, cbis_tree=cbis_tree,
         site_names=None if site_names is None else tuple(site_names), workers=workers, overwrite=overwrite,
         progress=progress,
     )

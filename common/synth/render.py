@@ -123,10 +123,31 @@ def tissue_density(spec: ImageSpec, rng: np.random.Generator) -> tuple[np.ndarra
     return density.astype(np.float32), geometry
 
 
-def render_image(spec: ImageSpec, conspicuity: float = 1.0) -> RenderedImage:
+def add_skin_thickening(density: np.ndarray, geometry: BreastGeometry, spec: ImageSpec, conspicuity: float,
+                        share: float) -> bool:
+    """A secondary sign of malignancy on `share` of malignant images: the skin band 3-5x its normal
+    width and brighter. Returns whether this image got it.
+
+    It lies away from the lesion, so a lesion-centred patch never shows it: only a model that
+    looks at the whole image can use it (the paper's case for end-to-end training over heatmaps).
+    Its own random stream: the rest of the image is the same with or without it.
+    """
+    if spec.label != 1 or share <= 0:
+        return False
+    rng = np.random.default_rng([spec.seed, spec.index, 0x5C1])
+    if rng.random() >= share:
+        return False
+    width = float(rng.uniform(3.0, 5.0)) * 2.5 * spec.height / 1152.0
+    density += 0.06 * conspicuity * skin_line(geometry, width)
+    return True
+
+
+def render_image(spec: ImageSpec, conspicuity: float = 1.0, secondary_signs: float = 0.0) -> RenderedImage:
+    """`secondary_signs`: share of malignant images that also show skin thickening (0 = none)."""
     rng = np.random.default_rng([spec.seed, spec.index])
     density, geometry = tissue_density(spec, rng)
     add_incidental_findings(density, geometry, spec.view, rng, conspicuity)
+    add_skin_thickening(density, geometry, spec, conspicuity, secondary_signs)
     lesion_free = density.copy()
     h, w = density.shape
     rois: list[RenderedRoi] = []
