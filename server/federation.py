@@ -239,7 +239,9 @@ def _wait_for_round(ctx: Context, rnd: int, first_round: bool) -> list[int]:
 
 
 def _dedupe_sites(accepted: list[Screened]) -> tuple[list[Screened], list[Rejected]]:
-    """Two nodes claiming one site name: keep the first, reject the other (names key the metrics)."""
+    """Two nodes claiming one site name: keep the first, reject the other (names key the metrics).
+
+    The kept replies come back sorted by site name."""
     seen: set[str] = set()
     keep, dup = [], []
     for rep in accepted:
@@ -248,7 +250,9 @@ def _dedupe_sites(accepted: list[Screened]) -> tuple[list[Screened], list[Reject
         else:
             seen.add(rep.site)
             keep.append(rep)
-    return keep, dup
+    # Site-name order, not arrival order: float sums in the aggregation then do not depend on which
+    # site answered first, so a seeded run gives bit-identical global models.
+    return sorted(keep, key=lambda rep: rep.site), dup
 
 
 def _evaluate(ctx: Context, rnd: int) -> tuple[list[Screened], Any]:

@@ -110,6 +110,24 @@ def test_fedavg_weights_by_examples_and_keeps_dtypes():
     np.testing.assert_array_equal(new["bn.running_mean"], 1.0)  # not sent (FedBN) -> kept
 
 
+def test_aggregation_does_not_depend_on_reply_order():
+    """Replies are deduplicated and ordered by site name, so FedAvg's float sums are bit-identical."""
+    from server.federation import _dedupe_sites
+
+    rng = np.random.default_rng(0)
+    replies = [Screened(i, f"site_{i}", {"w": rng.normal(size=(64,)).astype(np.float32)},
+                        {"num-examples": int(rng.integers(3, 40))}) for i in range(5)]
+    replies.append(Screened(9, "site_2", {"w": np.zeros(64, np.float32)}, {"num-examples": 1}))  # impostor
+    glob = {"w": np.zeros(64, np.float32)}
+    s = FederationSettings(strategy="fedavg", min_sites=2)
+    results = []
+    for order in ([0, 1, 2, 3, 4, 5], [4, 2, 0, 5, 3, 1]):
+        kept, dup = _dedupe_sites([replies[i] for i in order])
+        assert [r.site for r in kept] == [f"site_{i}" for i in range(5)] and len(dup) == 1
+        results.append(aggregate(build_strategy(s), 1, glob, kept)["w"])
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_fedadam_state_survives_save_and_load(tmp_path):
     s = FederationSettings(strategy="fedadam", min_sites=2, eta=0.1, tau=1e-3)
     strat = build_strategy(s)
