@@ -223,7 +223,7 @@ def test_secondary_signs_thicken_the_skin_of_malignant_images_only():
         changed += 1
         assert diff.any()
         near_skin = ~ndimage.binary_erosion(plain.breast, iterations=15)  # the outer 15 px of the breast
-        assert diff[~near_skin].mean() < 0.05 * max(diff[near_skin & plain.breast].mean(), 1e-9)
+        assert not diff[~near_skin].any() and diff[near_skin & plain.breast].mean() > 0.1
     assert changed >= 1
 
 
