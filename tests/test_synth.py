@@ -271,7 +271,7 @@ def test_write_failures_are_one_line_data_errors(tmp_path):
     with pytest.raises(DataError, match="cannot create the output folder"):
         tiny_dataset("inbreast", blocker / "out", patients=1)
     cfg = SynthConfig("manifest", blocker, 1, size=TINY_SIZE).validate()
-    result = _render_and_write(("manifest", plan(cfg)[0], str(blocker), 1.0, {}))
+    result = _render_and_write(("manifest", plan(cfg)[0], str(blocker), 1.0, 0.0, {}))
     assert "cannot write" in result["error"] and "\n" not in result["error"]
     with pytest.raises(DataError, match="cannot write"):
         _checked(result)
