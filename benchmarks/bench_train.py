@@ -34,7 +34,6 @@ from common.training.loops import make_loader, run_epoch, set_trainable, trainab
 from common.training.pipeline import top_spec
 
 
-
 def preset_spec(preset: str) -> dict:
     """The whole-image model a `mammo-train` preset builds (trunk + its selected top)."""
     config = load_config(preset, "train", [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from common.errors import DataError
+from common.jsonable import jsonable
 
 # The required columns first (the public schema), then extras that make rows traceable.
 RESULT_COLUMNS = ["patients", "method", "k_sites", "seed", "auc"]
@@ -139,19 +139,5 @@ def environment_record() -> dict[str, Any]:
 def write_run_record(path: Path, record: dict[str, Any]) -> None:
     """run.json: written after every job (atomically) so it always matches the CSV."""
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(record), indent=2, sort_keys=False))
+    tmp.write_text(json.dumps(jsonable(record), indent=2, sort_keys=False))
     tmp.replace(path)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    return value

@@ -46,10 +46,10 @@ def _context(args: argparse.Namespace):
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    from common.training.pipeline import _jsonable
+    from common.jsonable import jsonable
 
     keep = {k: v for k, v in data.items() if k != "history"}
-    print(json.dumps(_jsonable(keep), indent=1, default=str))
+    print(json.dumps(jsonable(keep), indent=1, default=str))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -58,12 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = _context(args)
     metrics = run_pipeline(ctx, pretrained=args.pretrained, resume=not args.restart)
     if args.baseline:
-        from common.training.pipeline import step_baseline
-
-        from common.training.pipeline import _jsonable
+        from common.training.pipeline import step_baseline, write_json
 
         metrics.update(step_baseline(ctx))
-        ctx.paths.metrics.write_text(json.dumps(_jsonable(metrics), indent=1))
+        write_json(ctx.paths.metrics, metrics)
     _print_json(metrics)
     print(f"wrote {ctx.paths.whole_model}, {ctx.paths.metrics}, {ctx.paths.roc}, {ctx.paths.predictions}")
     return 0

@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         domain=str(cfg["domain"]) or None, sites=int(cfg["sites"]), size=size,
         prevalence=None if prevalence is None or float(prevalence) < 0 else float(prevalence),
         conspicuity=float(cfg["conspicuity"]), lesion_scale=float(cfg["lesion_scale"]),
-        secondary_signs=float(cfg.get("secondary_signs", 0.0)), vendor=str(cfg["vendor"]) or None, cbis_tree=str(cfg["cbis_tree"]), site_names=site_names,
+        secondary_signs=float(cfg.get("secondary_signs", 0.0)), vendor=str(cfg["vendor"]) or None,
+        cbis_tree=str(cfg["cbis_tree"]), site_names=site_names,
         workers=int(cfg["workers"]) or None, overwrite=args.overwrite, progress=not args.quiet,
     )
     out = generate(config)

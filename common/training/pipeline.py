@@ -34,6 +34,7 @@ from common.device import select_device, seed_everything, set_cpu_threads
 from common.errors import ConfigError, DataError, MammoError
 from common.evaluation import check_preprocessing, ensemble_scores, predict_scores, summarize, write_predictions_csv
 from common.index import IndexTables, load_index
+from common.jsonable import jsonable
 from common.metrics import auc, bootstrap_auc_ci, plot_roc, roc_curve, sens_spec_at
 from common.models import build_model, convert_patch_to_whole, load_pretrained_trunk
 from common.models.spec import trunk_stride
@@ -354,7 +355,7 @@ def step_evaluate(ctx: RunContext, checkpoints: list[Path] | None = None, out_di
     metrics["seconds"] = time.perf_counter() - start
     metrics["skipped_images"] = len(ctx.skipped)
     ctx.timings["evaluate"] = metrics["seconds"]
-    (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1))
+    write_json(out / "metrics.json", metrics)
     log.info("%s AUC %.4f [%.3f, %.3f]%s", split, metrics[f"{split}_auc"], *metrics[f"{split}_auc_ci"],
              f", A-AUC {metrics[f'{split}_a_auc']:.4f}" if tta else "")
     return metrics
@@ -383,7 +384,7 @@ def step_baseline(ctx: RunContext, patch_model: Path | None = None, split: str =
                                                              seed=ctx.seed, groups=groups)),
            "heatmap_window": window, "features": int(model.features(train_maps[:1]).shape[1]),
            "seconds": time.perf_counter() - start}
-    (ctx.paths.root / "baseline.json").write_text(json.dumps(_jsonable(out), indent=1))
+    write_json(ctx.paths.root / "baseline.json", out)
     log.info("two-step baseline: %s AUC %.4f", split, out[f"baseline_{split}_auc"])
     return out
 
@@ -425,17 +426,10 @@ def run_pipeline(ctx: RunContext, pretrained: str | None = None, resume: bool = 
     metrics["total_s"] = round(time.perf_counter() - start + ctx.timings.get("cache", 0.0), 1)
     metrics["device"] = str(ctx.device)
     metrics["torch_threads"] = torch.get_num_threads()
-    ctx.paths.metrics.write_text(json.dumps(_jsonable(metrics), indent=1))
+    write_json(ctx.paths.metrics, metrics)
     return metrics
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None  # strict JSON: NaN (e.g. AUC of a one-class split) becomes null
-    return value
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """A run's JSON record (metrics, baseline): strict JSON, numpy scalars as numbers."""
+    path.write_text(json.dumps(jsonable(data), indent=1))

@@ -1,0 +1,23 @@
+"""Plain-JSON copies of run records (metrics, baseline, mammo-sim's run.json)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def jsonable(value: Any) -> Any:
+    """Dicts/lists recursively; numpy scalars -> numbers, tuples -> lists, Paths -> str, NaN/Inf -> null
+    (strict JSON: e.g. the AUC of a one-class split)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
