@@ -6,12 +6,14 @@
     images/s of each and the ratio (the data pipeline must not be the bottleneck: aim >= 0.9).
     Variants: PNG decoding per step vs RAM-preloaded dataset; augmentation per batch on the device
     (what finetune / run_epoch do) vs per image inside the Dataset.
-(b) Peak memory of ONE paper-preset training step (ResNet50 + [512-512-1024]x2, 1152x896, batch 2,
+(b) Peak memory of one paper-preset training step (ResNet50 + [512-512-1024]x2, 1152x896, batch 2,
     all layers trainable): RSS growth of a fresh process (+ torch.cuda.max_memory_allocated on CUDA).
+    With --paper-steps N > 1 the first step is a warm-up (cuDNN autotuning, allocator) and the
+    paper-size throughput is timed over the other N-1 steps (images/s at batch 2, AMP on CUDA).
 
     python benchmarks/bench_train.py                 # (a) + (b), ~1-2 min on 2 free cores
     python benchmarks/bench_train.py --skip-paper    # (a) only
-    python benchmarks/bench_train.py --images 160 --epochs 3 --threads 0 --device cuda
+    python benchmarks/bench_train.py --images 160 --epochs 3 --threads 0 --device cuda --paper-steps 20
 """
 
 from __future__ import annotations
@@ -156,11 +158,10 @@ def bench_throughput(args: argparse.Namespace, device: torch.device) -> dict:
                    "cpu_ratio": round(c / step_c, 3)} for name, (w, c) in med.items()}
 
 
-def _paper_step_worker(device_name: str, height: int, width: int, queue) -> None:
-    """Fresh process: RSS growth is the step's, not the rest of the benchmark's."""
+def _paper_step_worker(device_name: str, height: int, width: int, steps: int, queue) -> None:
+    """Fresh process: RSS growth is the steps', not the rest of the benchmark's."""
     from common.models import build_model
 
-    torch.set_num_threads(torch.get_num_threads())
     device = torch.device(device_name)
     base = rss_peak_mb()
     model = build_model("whole_image", PAPER_SPEC).to(device)
@@ -169,24 +170,37 @@ def _paper_step_worker(device_name: str, height: int, width: int, queue) -> None
     x = torch.randn(2, 3, height, width, device=device) * 30
     y = torch.tensor([0, 1], device=device)
     opt = torch.optim.Adam(trainable_parameters(model), lr=1e-5)
+    scaler = make_grad_scaler(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    stats = run_epoch(model, [(x, y)], opt, device, scaler=make_grad_scaler(device))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    out = {"seconds": time.perf_counter() - start, "rss_model_mb": after_model - base,
-           "rss_step_mb": rss_peak_mb() - after_model, "rss_peak_mb": rss_peak_mb(), "loss": stats.loss,
+    first = _timed_steps(model, opt, scaler, device, x, y, 1)
+    out = {"seconds": first["seconds"], "rss_model_mb": after_model - base,
+           "rss_step_mb": rss_peak_mb() - after_model, "loss": first["loss"],
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    if steps > 1:
+        timed = _timed_steps(model, opt, scaler, device, x, y, steps - 1)
+        out["timed_steps"] = steps - 1
+        out["images_per_s"] = 2 * (steps - 1) / timed["seconds"]
+    out["rss_peak_mb"] = rss_peak_mb()
     if device.type == "cuda":
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["cuda_max_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     queue.put(out)
+
+
+def _timed_steps(model, opt, scaler, device: torch.device, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict:
+    start = time.perf_counter()
+    stats = run_epoch(model, [(x, y)] * steps, opt, device, scaler=scaler)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - start, "loss": stats.loss}
 
 
 def bench_paper_step(args: argparse.Namespace, device: torch.device) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_paper_step_worker, args=(str(device), args.paper_height, args.paper_width, queue))
+    proc = ctx.Process(target=_paper_step_worker, args=(str(device), args.paper_height, args.paper_width,
+                                                       args.paper_steps, queue))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
@@ -198,6 +212,8 @@ def bench_paper_step(args: argparse.Namespace, device: torch.device) -> dict:
     print(f"    RSS: model {r['rss_model_mb']:.0f} MB, step +{r['rss_step_mb']:.0f} MB, process peak "
           f"{r['rss_peak_mb']:.0f} MB" + (f"; CUDA max allocated {r['cuda_max_allocated_mb']:.0f} MB"
                                           if "cuda_max_allocated_mb" in r else ""))
+    if "images_per_s" in r:
+        print(f"    throughput over {r['timed_steps']} more steps (after the first): {r['images_per_s']:.2f} images/s")
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
 
 
@@ -217,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-throughput", action="store_true", help="skip (a), the CPU-preset throughput")
     p.add_argument("--paper-height", type=int, default=1152)
     p.add_argument("--paper-width", type=int, default=896)
+    p.add_argument("--paper-steps", type=int, default=1,
+                   help="paper-size steps in (b); > 1 also times steps 2..N as images/s (use ~20 on a GPU)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mammo_bench_train",
                    help="synthetic images + cache, reused between runs")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
