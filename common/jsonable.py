@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,3 +22,8 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """A run's JSON record (metrics, baseline, comparison): strict JSON, numpy scalars as numbers."""
+    path.write_text(json.dumps(jsonable(data), indent=1))

@@ -181,3 +181,19 @@ def test_paper_preset_is_the_paper_schedule() -> None:
     assert cfg["baseline"]["min_samples_split"] == 300 and cfg["baseline"]["n_estimators"] == 500
     cpu = load_config("cpu", "train", ["whole_model.top=heatmap_fc"])
     assert top_spec(cpu)["type"] == "heatmap_fc"
+
+
+def test_compare_cli_pairs_allconv_with_the_baseline(run_dir: Path, index_dir: Path, tmp_path: Path, capsys) -> None:
+    """The real files of one run: predictions.csv (all-convolutional) vs baseline_predictions_test.csv."""
+    baseline = run_dir / "baseline_predictions_test.csv"
+    out = tmp_path / "cmp.json"
+    assert train_main(["compare", str(run_dir / "predictions.csv"), str(baseline), "--data", str(index_dir),
+                       "--bootstrap", "200", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert record["auc_a"] == pytest.approx(metrics["test_auc"], abs=1e-3)
+    # baseline.json, not metrics.json: a test above re-runs the pipeline without --baseline
+    baseline_record = json.loads((run_dir / "baseline.json").read_text())
+    assert record["auc_b"] == pytest.approx(baseline_record["baseline_test_auc"], abs=1e-3)
+    assert record["resampled"] == "patients" and record["n"] == len(pd.read_csv(baseline))
+    assert "A - B =" in capsys.readouterr().out

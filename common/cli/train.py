@@ -2,6 +2,7 @@
 
     mammo-train run --preset cpu --data INDEXDIR --out RUNDIR [--set key=value ...]
     mammo-train patches | train-patch | train-whole | evaluate | baseline  (one step at a time, same RUNDIR)
+    mammo-train compare A.csv B.csv   (paired AUC difference of two designs on one test set)
     mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta]
 """
 
@@ -58,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = _context(args)
     metrics = run_pipeline(ctx, pretrained=args.pretrained, resume=not args.restart)
     if args.baseline:
-        from common.training.pipeline import step_baseline, write_json
+        from common.jsonable import write_json
+        from common.training.pipeline import step_baseline
 
         metrics.update(step_baseline(ctx))
         write_json(ctx.paths.metrics, metrics)
@@ -115,6 +117,26 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     ctx = _context(args)
     _print_json(step_baseline(ctx, patch_model=Path(args.patch_model) if args.patch_model else None,
                               split=args.split))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from common.compare import compare_predictions
+
+    r = compare_predictions(args.a, args.b, index_dir=args.data, n=args.bootstrap, seed=args.seed)
+    unit = "patients" if args.data else "images"
+    print(f"{r.n} images ({r.n_pos} malignant), paired bootstrap over {unit}, {args.bootstrap} resamples")
+    print(f"  A  {args.a}: AUC {r.auc_a:.4f}")
+    print(f"  B  {args.b}: AUC {r.auc_b:.4f}")
+    print(f"  A - B = {r.difference:+.4f}  95% CI [{r.ci[0]:+.4f}, {r.ci[1]:+.4f}]  "
+          f"A higher in {100 * r.share_a_better:.1f}% of resamples")
+    if args.json:
+        from common.jsonable import write_json
+
+        write_json(Path(args.json), {"a": args.a, "b": args.b, "auc_a": r.auc_a, "auc_b": r.auc_b,
+                                     "difference": r.difference, "difference_ci": list(r.ci),
+                                     "share_a_better": r.share_a_better, "n": r.n, "n_pos": r.n_pos,
+                                     "resampled": unit, "bootstrap": args.bootstrap, "seed": args.seed})
     return 0
 
 
@@ -233,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-model", help="patch checkpoint (default RUNDIR/patch_model.pt)")
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("compare", help="paired AUC difference of two predictions CSVs on the same images",
+                       description="AUC(A) - AUC(B) with a paired bootstrap 95%% CI: both models are scored on the "
+                       "same resamples, so the CI is that of the difference (e.g. RUNDIR/predictions.csv vs "
+                       "RUNDIR/baseline_predictions_test.csv).")
+    p.add_argument("a", help="predictions CSV of model A (image_id, malignant_prob, label)")
+    p.add_argument("b", help="predictions CSV of model B, same images")
+    p.add_argument("--data", help="index directory: resample patients (all their images together), not images")
+    p.add_argument("--bootstrap", type=int, default=2000, help="resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="score images with a whole-image checkpoint (or an ensemble)")
     p.add_argument("--model", action="append", required=True, help="whole-image checkpoint (repeat = ensemble)")

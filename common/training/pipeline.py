@@ -7,7 +7,7 @@ RUNDIR/
   patch_model.pt        5-class patch classifier (self-describing checkpoint)
   whole_image.pt        best whole-image classifier (validation AUC), whole_state.pt = resume state
   metrics.json, roc.png, predictions.csv   evaluation on the test split
-  baseline.json         two-step heatmap + random forest baseline (optional step)
+  baseline.json, baseline_predictions_test.csv   two-step heatmap + random forest baseline (optional step)
 
 Each step reads what the previous one wrote, so `mammo-train run` and the one-by-one
 subcommands produce the same files. Bad images are skipped and listed, never fatal.
@@ -34,7 +34,7 @@ from common.device import select_device, seed_everything, set_cpu_threads
 from common.errors import ConfigError, DataError, MammoError
 from common.evaluation import check_preprocessing, ensemble_scores, predict_scores, summarize, write_predictions_csv
 from common.index import IndexTables, load_index
-from common.jsonable import jsonable
+from common.jsonable import write_json
 from common.metrics import auc, bootstrap_auc_ci, plot_roc, roc_curve, sens_spec_at
 from common.models import build_model, convert_patch_to_whole, load_pretrained_trunk
 from common.models.spec import trunk_stride
@@ -373,8 +373,9 @@ def step_baseline(ctx: RunContext, patch_model: Path | None = None, split: str =
     start = time.perf_counter()
     train_maps, train_y = dataset_heatmaps(patch.model.trunk, patch.model.fc, ctx.whole_dataset("train"), window,
                                            ctx.device, progress=ctx.progress)
-    test_maps, test_y = dataset_heatmaps(patch.model.trunk, patch.model.fc, ctx.whole_dataset(split), window,
-                                         ctx.device, progress=ctx.progress)
+    test_set = ctx.whole_dataset(split)
+    test_maps, test_y = dataset_heatmaps(patch.model.trunk, patch.model.fc, test_set, window, ctx.device,
+                                         progress=ctx.progress)
     model = TwoStepBaseline(settings).fit(train_maps, train_y)
     scores = model.predict(test_maps)
     groups = ctx.split_images(split)["patient_id"].astype(str).to_numpy()
@@ -385,6 +386,8 @@ def step_baseline(ctx: RunContext, patch_model: Path | None = None, split: str =
            "heatmap_window": window, "features": int(model.features(train_maps[:1]).shape[1]),
            "seconds": time.perf_counter() - start}
     write_json(ctx.paths.root / "baseline.json", out)
+    # same columns as predictions.csv, so `mammo-train compare` can pair the two designs image by image
+    write_predictions_csv(ctx.paths.root / f"baseline_predictions_{split}.csv", test_set.image_ids, scores, test_y)
     log.info("two-step baseline: %s AUC %.4f", split, out[f"baseline_{split}_auc"])
     return out
 
@@ -428,8 +431,3 @@ def run_pipeline(ctx: RunContext, pretrained: str | None = None, resume: bool = 
     metrics["torch_threads"] = torch.get_num_threads()
     write_json(ctx.paths.metrics, metrics)
     return metrics
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """A run's JSON record (metrics, baseline): strict JSON, numpy scalars as numbers."""
-    path.write_text(json.dumps(jsonable(data), indent=1))
