@@ -31,6 +31,8 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(path, f"missing column(s) {', '.join(missing)} (needs {', '.join(COLUMNS)})")
+    if table["label"].isna().any() or table["malignant_prob"].isna().any():
+        raise DataError(path, "some rows have no label or no score (a comparison needs every image labelled)")
     if table["image_id"].duplicated().any():
         raise DataError(path, f"image {table['image_id'][table['image_id'].duplicated()].iloc[0]!r} is listed twice")
     return table[list(COLUMNS)]

@@ -116,6 +116,8 @@ def paired_auc_difference(labels: Sequence[int] | np.ndarray, scores_a: Sequence
                           groups: Sequence | np.ndarray | None = None, level: float = 0.95) -> PairedAucDifference:
     """Is model a better than model b on this test set? Resampling the images (or patients) once for
     both models keeps their correlation, so the CI is much tighter than comparing two separate CIs."""
+    if n < 1:
+        raise MammoError(f"the bootstrap needs at least one resample (got {n})")
     y, a = _as_arrays(labels, scores_a)
     _, b = _as_arrays(labels, scores_b)
     if len(np.unique(y)) < 2:

@@ -76,9 +76,12 @@ def test_compare_rejects_mismatched_files(tmp_path: Path, capsys) -> None:
     fewer = _write(tmp_path / "fewer.csv", ids[:-1], s[:-1], y[:-1])
     relabelled = _write(tmp_path / "relabelled.csv", ids, s, 1 - y)
     (tmp_path / "nolabel.csv").write_text("image_id,malignant_prob\nimg000,0.5\n")
+    (tmp_path / "blank.csv").write_text("image_id,malignant_prob,label\nimg000,0.5,\n")
     cases = {str(fewer): "only in the first", str(relabelled): "label of image", str(tmp_path / "nolabel.csv"):
-             "missing column", str(tmp_path / "absent.csv"): "not found"}
+             "missing column", str(tmp_path / "blank.csv"): "no label", str(tmp_path / "absent.csv"): "not found"}
     for other, message in cases.items():
         assert train_main(["compare", str(a), other]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    assert train_main(["compare", str(a), str(a), "--bootstrap", "0"]) == 2
+    assert "at least one resample" in capsys.readouterr().err
