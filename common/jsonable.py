@@ -24,6 +24,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """A run's JSON record (metrics, baseline, comparison): strict JSON, numpy scalars as numbers."""
-    path.write_text(json.dumps(jsonable(data), indent=1))
+def write_json(path: Path, data: dict[str, Any], indent: int = 1) -> None:
+    """A run's JSON record (metrics, baseline, comparison, mammo-sim's run.json): strict JSON, numpy
+    scalars as numbers, written atomically so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(data), indent=indent))
+    tmp.replace(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from common.errors import DataError
-from common.jsonable import jsonable
+from common.jsonable import write_json
 
 # The required columns first (the public schema), then extras that make rows traceable.
 RESULT_COLUMNS = ["patients", "method", "k_sites", "seed", "auc"]
@@ -138,6 +137,4 @@ def environment_record() -> dict[str, Any]:
 
 def write_run_record(path: Path, record: dict[str, Any]) -> None:
     """run.json: written after every job (atomically) so it always matches the CSV."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(jsonable(record), indent=2, sort_keys=False))
-    tmp.replace(path)
+    write_json(path, record, indent=2)

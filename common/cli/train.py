@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -133,10 +134,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         from common.jsonable import write_json
 
-        write_json(Path(args.json), {"a": args.a, "b": args.b, "auc_a": r.auc_a, "auc_b": r.auc_b,
-                                     "difference": r.difference, "difference_ci": list(r.ci),
-                                     "share_a_better": r.share_a_better, "n": r.n, "n_pos": r.n_pos,
-                                     "resampled": unit, "bootstrap": args.bootstrap, "seed": args.seed})
+        write_json(Path(args.json), {"a": args.a, "b": args.b, **dataclasses.asdict(r), "resampled": unit,
+                                     "bootstrap": args.bootstrap, "seed": args.seed})
     return 0
 
 
