@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common.flower_proc import (  # noqa: E402
+from mammo_fl.common.federation.processes import (  # noqa: E402
     flower_binary,
     flower_env,
     free_port,
@@ -44,8 +44,8 @@ MODELS = {
 def make_model(path: Path, spec: dict) -> int:
     import torch
 
-    from common.checkpoint import save_checkpoint
-    from common.models import build_model
+    from mammo_fl.common.models.checkpoint import save_checkpoint
+    from mammo_fl.common.models import build_model
 
     torch.manual_seed(0)
     model = build_model("whole_image", spec)
@@ -97,7 +97,7 @@ def run_echo(work: Path, model: Path, n_sites: int, rounds: int) -> dict:
     env = flower_env(home)
     state = work / "echo-superlink"
     state.mkdir(parents=True, exist_ok=True)
-    link = start_daemon([sys.executable, "-m", "server.superlink_launch", "--insecure", "--host", "127.0.0.1",
+    link = start_daemon([sys.executable, "-m", "mammo_fl.server.superlink_launch", "--insecure", "--host", "127.0.0.1",
                          "--port", address.rsplit(":", 1)[1], "--database", str(state / "state.db"),
                          "--disable-runtime-dependency-installation"], env, state / "superlink.log")
     nodes = []

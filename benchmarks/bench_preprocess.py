@@ -25,8 +25,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from common.dicom import read_dicom
-from common.preprocess import (
+from mammo_fl.common.imaging.dicom import read_dicom
+from mammo_fl.common.imaging.cache import (
     ImageCache,
     PreprocessSettings,
     _atomic_write_png,

@@ -98,9 +98,9 @@ def _tiny_inputs(work: Path) -> tuple[Path, Path]:
     """A tiny whole-image checkpoint and a small synthetic INbreast-like release folder."""
     import torch
 
-    from common.checkpoint import save_checkpoint
-    from common.models import build_model
-    from common.synth import generate_dataset
+    from mammo_fl.common.models.checkpoint import save_checkpoint
+    from mammo_fl.common.models import build_model
+    from mammo_fl.common.synth import generate_dataset
 
     spec = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [[16, 16, 64, 1]]}, "num_classes": 2,
             "dropout": 0.0}
@@ -126,7 +126,7 @@ def main() -> int:
         return 0
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_sim_"))
     work.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "simulations.cli", "--out", str(work / "run")]
+    cmd = [sys.executable, "-m", "mammo_fl.simulations.cli", "--out", str(work / "run")]
     if args.quick:
         cmd += ["--preset", "quick"]
     else:

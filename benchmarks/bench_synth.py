@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.synth import generate_dataset, render_image  # noqa: E402
-from common.synth.checks import lesion_signal_report  # noqa: E402
-from common.synth.generate import SynthConfig, plan  # noqa: E402
-from common.synth.plan import PlanOptions, plan_inbreast  # noqa: E402
-from common.synth.profiles import PROFILES  # noqa: E402
+from mammo_fl.common.synth import generate_dataset, render_image  # noqa: E402
+from mammo_fl.common.synth.checks import lesion_signal_report  # noqa: E402
+from mammo_fl.common.synth.generate import SynthConfig, plan  # noqa: E402
+from mammo_fl.common.synth.plan import PlanOptions, plan_inbreast  # noqa: E402
+from mammo_fl.common.synth.profiles import PROFILES  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from common.config import load_config
-from common.data import WholeImageDataset
-from common.device import make_grad_scaler, seed_everything, select_device
-from common.training.loops import make_loader, run_epoch, set_trainable, trainable_parameters
-from common.training.pipeline import top_spec
+from mammo_fl.common.utils.config import load_config
+from mammo_fl.common.training.datasets import WholeImageDataset
+from mammo_fl.common.utils.device import make_grad_scaler, seed_everything, select_device
+from mammo_fl.common.training.loops import make_loader, run_epoch, set_trainable, trainable_parameters
+from mammo_fl.common.pipeline.steps import top_spec
 
 
 def preset_spec(preset: str) -> dict:
@@ -53,9 +53,9 @@ def rss_peak_mb() -> float:
 def make_cached_dataset(workdir: Path, images: int, size: tuple[int, int]):
     """Synthetic manifest site (engineer B's generator) -> ImageCache PNGs, built once and reused
     from `workdir` (not timed)."""
-    from common.adapters.manifest import read_manifest
-    from common.preprocess import ImageCache, PreprocessSettings
-    from common.synth import generate_dataset
+    from mammo_fl.common.imaging.adapters.manifest import read_manifest
+    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.synth import generate_dataset
 
     patients = max(2, (images + 3) // 4)
     root = workdir / f"synth-{patients}p-{size[0]}x{size[1]}"
@@ -74,7 +74,7 @@ class FullLoop:
     """One epoch of run_epoch over a DataLoader (what finetune does) -> (images, seconds)."""
 
     def __init__(self, model, dataset, device, batch, workers, on_device_aug: bool) -> None:
-        from common.data import split_augmentation
+        from mammo_fl.common.training.datasets import split_augmentation
 
         ds, self.augmenter = split_augmentation(dataset) if on_device_aug else (dataset, None)
         self.loader = make_loader(ds, batch, shuffle=True, seed=0, num_workers=workers, device=device, drop_last=True)
@@ -113,7 +113,7 @@ class StepOnly:
 
 
 def bench_throughput(args: argparse.Namespace, device: torch.device) -> dict:
-    from common.models import build_model
+    from mammo_fl.common.models import build_model
 
     size = (args.height, args.width)
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def bench_throughput(args: argparse.Namespace, device: torch.device) -> dict:
 
 def _paper_step_worker(device_name: str, height: int, width: int, steps: int, queue) -> None:
     """Fresh process: RSS growth is the steps', not the rest of the benchmark's."""
-    from common.models import build_model
+    from mammo_fl.common.models import build_model
 
     device = torch.device(device_name)
     base = rss_peak_mb()

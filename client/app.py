@@ -17,9 +17,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.audit import AuditEntry, append_entry, utc_now
-from common import fed_protocol as P
-from common.errors import DataError, MammoError
+from mammo_fl.client.audit import AuditEntry, append_entry, utc_now
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.errors import DataError, MammoError
 
 app = ClientApp()
 SITE_LOG = "client.log"
@@ -56,14 +56,14 @@ def log_locally(state_dir: Path | None, text: str) -> None:
 
 
 def _set_threads(site_nc: dict[str, Any], rc_threads: int) -> None:
-    from common.device import set_cpu_threads
+    from mammo_fl.common.utils.device import set_cpu_threads
 
     set_cpu_threads(int(site_nc.get("num-threads", 0) or rc_threads or 0))
 
 
 def handle(msg: Message, context: Context, kind: str) -> Message:
-    from client.local import RoundConfig, local_evaluate, local_train
-    from client.site import resolve_site
+    from mammo_fl.client.local import RoundConfig, local_evaluate, local_train
+    from mammo_fl.client.site import resolve_site
 
     site = None
     rnd = 0

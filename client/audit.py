@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import DataError
+from mammo_fl.common.utils.errors import DataError
 
 AUDIT_FILE = "audit.jsonl"
 # The only fields an audit entry may have (tests check the log against this set).

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from client.site import STATE_SUBDIR
-from common.cli import run_cli
-from common.errors import ConfigError, DataError, MammoError
-from common.flower_proc import (
+from mammo_fl.client.site import STATE_SUBDIR
+from mammo_fl.common.cli import run_cli
+from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
+from mammo_fl.common.federation.processes import (
     flower_binary,
     flower_env,
     free_port,
@@ -82,7 +82,7 @@ def check_site_data(args: argparse.Namespace) -> None:
     if not args.data.is_dir():
         raise DataError(args.data, "site data folder does not exist")
     try:
-        from client.site import SiteInfo, load_site_images
+        from mammo_fl.client.site import SiteInfo, load_site_images
 
         images = load_site_images(SiteInfo(args.site, args.data, args.data, {}))
         say(args.site, f"{len(images)} images, {images['patient_id'].nunique()} patients in the manifest")

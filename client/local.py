@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from client.site import SiteInfo, load_site_images, site_subsets
-from common import fed_protocol as P
-from common.errors import DataError
+from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.errors import DataError
 
 
 @dataclass
@@ -77,8 +77,8 @@ class SiteData:
 
 def prepare_data(site: SiteInfo, rc: RoundConfig) -> SiteData:
     """Manifest -> split -> cached, readable images (unreadable ones are skipped and counted)."""
-    from common.data import filter_readable
-    from common.preprocess import ImageCache, PreprocessSettings
+    from mammo_fl.common.training.datasets import filter_readable
+    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
 
     images = load_site_images(site)
     cache = ImageCache(site.state_dir / "cache", PreprocessSettings.from_dict(rc.preprocessing))
@@ -94,7 +94,7 @@ def build_model(rc: RoundConfig, arrays: dict[str, np.ndarray]) -> Any:
     """The exact global model from the spec the server sent, with the received weights (strict)."""
     import torch
 
-    from common.models import build_model as _build
+    from mammo_fl.common.models import build_model as _build
 
     model = _build(rc.model_kind, rc.model_spec)
     state = model.state_dict()
@@ -140,9 +140,9 @@ def sent_arrays(model: Any, fedbn: bool) -> dict[str, np.ndarray]:
 
 def local_train(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
     """Fine-tune the received model on the site's training patients -> (weights to send, metrics)."""
-    from common.data import WholeImageDataset
-    from common.device import select_device
-    from common.training.finetune import FineTuneConfig, finetune
+    from mammo_fl.common.training.datasets import WholeImageDataset
+    from mammo_fl.common.utils.device import select_device
+    from mammo_fl.common.training.finetune import FineTuneConfig, finetune
 
     t0 = time.perf_counter()
     data = prepare_data(site, rc)
@@ -177,10 +177,10 @@ def local_train(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) 
 
 def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) -> dict:
     """Score the site's validation patients with the received model -> fixed-bin histograms only."""
-    from common.data import WholeImageDataset
-    from common.device import select_device
-    from common.evaluation import predict_scores
-    from common.metrics import score_histograms
+    from mammo_fl.common.training.datasets import WholeImageDataset
+    from mammo_fl.common.utils.device import select_device
+    from mammo_fl.common.evaluation.inference import predict_scores
+    from mammo_fl.common.evaluation.metrics import score_histograms
 
     t0 = time.perf_counter()
     data = prepare_data(site, rc)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import ConfigError, DataError
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 STATE_SUBDIR = ".mammo-fl"
 SPLIT_FILE = "split.csv"
@@ -61,7 +61,7 @@ def resolve_site(node_config: dict[str, Any], run_config: dict[str, Any]) -> Sit
 
 def load_site_images(site: SiteInfo) -> Any:
     """The site's validated image table (image_id, image_path, patient_id, label, ...)."""
-    from common.adapters.manifest import read_manifest
+    from mammo_fl.common.imaging.adapters.manifest import read_manifest
 
     if not site.data_dir.is_dir():
         raise DataError(site.data_dir, "site data folder does not exist")

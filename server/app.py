@@ -10,8 +10,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from server.federation import run_federation
-    from server.settings import FederationSettings
+    from mammo_fl.server.federation import run_federation
+    from mammo_fl.server.settings import FederationSettings
 
     settings = FederationSettings.from_run_config(dict(context.run_config))
     run_federation(grid, settings, run_id=int(context.run_id))

@@ -23,10 +23,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common.cli import run_cli
-from common.config import PRESET_DIR, apply_overrides, load_toml
-from common.errors import ConfigError, DataError, MammoError
-from common.flower_proc import (
+from mammo_fl.common.cli import run_cli
+from mammo_fl.common.utils.config import PRESET_DIR, apply_overrides, load_toml
+from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
+from mammo_fl.common.federation.processes import (
     flower_binary,
     flower_env,
     parse_address,
@@ -36,8 +36,8 @@ from common.flower_proc import (
     toml_literal,
     wait_healthy,
 )
-from server.rundir import RunDir
-from server.settings import FederationSettings
+from mammo_fl.server.rundir import RunDir
+from mammo_fl.server.settings import FederationSettings
 
 APP_DIR = Path(__file__).parent / "flower_app"
 CONNECTION = "mammo"
@@ -107,7 +107,7 @@ def write_run_config(config: dict[str, Any], path: Path) -> None:
 
 
 def check_model(path: Path) -> None:
-    from common.checkpoint import read_checkpoint_meta
+    from mammo_fl.common.models.checkpoint import read_checkpoint_meta
 
     meta = read_checkpoint_meta(path)
     if meta["kind"] != "whole_image":
@@ -165,7 +165,7 @@ def start_superlink(address: str, state: Path, env: dict[str, str]) -> subproces
     if port_in_use(host, port):
         raise MammoError(f"address {address} is already in use (another mammo-server or SuperLink?)")
     cmd = [
-        sys.executable, "-m", "server.superlink_launch",  # flower-superlink, longer SQLite busy timeout
+        sys.executable, "-m", "mammo_fl.server.superlink_launch",  # flower-superlink, longer SQLite busy timeout
         "--insecure",
         "--host", host,
         "--port", str(port),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import MammoError
+from mammo_fl.common.utils.errors import MammoError
 
 POLL_S = 1.0
 NODE_CHECK_S = 2.0

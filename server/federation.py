@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import fed_protocol as P
-from common.errors import ConfigError, MammoError
-from server.evaluation import check_bins, summarize
-from server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
-from server.global_model import GlobalModel
-from server.rundir import RunDir
-from server.settings import FederationSettings
-from server.strategy import aggregate, build_strategy, load_strategy_state, proximal_mu, save_strategy_state
-from server.validate import Rejected, Screened, expected_specs, screen
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.errors import ConfigError, MammoError
+from mammo_fl.server.pooled_metrics import check_bins, summarize
+from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
+from mammo_fl.server.global_model import GlobalModel
+from mammo_fl.server.rundir import RunDir
+from mammo_fl.server.settings import FederationSettings
+from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, proximal_mu, save_strategy_state
+from mammo_fl.server.validate import Rejected, Screened, expected_specs, screen
 
 LOG = logging.getLogger("mammo.server")
 

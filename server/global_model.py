@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from common import fed_protocol as P
-from common.errors import DataError
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.errors import DataError
 
 
 @dataclass
@@ -27,7 +27,7 @@ class GlobalModel:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> GlobalModel:
-        from common.checkpoint import load_checkpoint
+        from mammo_fl.common.models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(path)
         if ckpt.kind != "whole_image":
@@ -48,8 +48,8 @@ class GlobalModel:
     def save(self, path: Path, provenance: dict[str, Any], metrics: dict[str, Any]) -> None:
         import torch
 
-        from common.checkpoint import save_checkpoint
-        from common.models import build_model
+        from mammo_fl.common.models.checkpoint import save_checkpoint
+        from mammo_fl.common.models import build_model
 
         model = build_model(self.kind, self.model_spec)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.arrays.items()}, strict=True)

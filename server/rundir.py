@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.errors import MammoError
+from mammo_fl.common.utils.errors import MammoError
 
 BASE_COLUMNS = [
     "round", "pooled_auc", "sites", "eval_sites", "sens", "spec", "threshold", "n_pos", "n_neg", "train_loss",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from common.errors import ConfigError
+from mammo_fl.common.utils.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from common import fed_protocol as P
-from server.settings import FederationSettings
-from server.validate import Screened
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.server.settings import FederationSettings
+from mammo_fl.server.validate import Screened
 
 
 def build_strategy(s: FederationSettings) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from common import fed_protocol as P
+from mammo_fl.common.federation import protocol as P
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.cli import run_cli
+from mammo_fl.common.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +56,11 @@ def _interrupt_on_sigterm() -> None:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _interrupt_on_sigterm()
-    from common.config import load_config
-    from simulations.settings import parse_settings
+    from mammo_fl.common.utils.config import load_config
+    from mammo_fl.simulations.settings import parse_settings
 
     parse_settings(load_config(args.preset, "sim", args.overrides))  # fail fast, before torch/Flower load
-    from simulations.driver import run_simulation_study
+    from mammo_fl.simulations.driver import run_simulation_study
 
     run_simulation_study(
         preset=args.preset,

@@ -10,17 +10,17 @@ from typing import Any
 
 import pandas as pd
 
-from common.config import load_config
-from common.device import select_device, set_cpu_threads
-from common.errors import ConfigError, DataError
-from simulations.experiment import TransferExperiment
-from simulations.plot import plot_transfer_curves
-from simulations.results import environment_record, format_table, summary_table, write_run_record
-from simulations.runners.evaluation import ExperimentData
-from simulations.runners.federated import run_federated
-from simulations.settings import SimSettings, parse_settings
-from simulations.source import resolve_source_model
-from simulations.target import TargetData, load_target
+from mammo_fl.common.utils.config import load_config
+from mammo_fl.common.utils.device import select_device, set_cpu_threads
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.simulations.experiment import TransferExperiment
+from mammo_fl.simulations.plot import plot_transfer_curves
+from mammo_fl.simulations.results import environment_record, format_table, summary_table, write_run_record
+from mammo_fl.simulations.runners.scoring import ExperimentData
+from mammo_fl.simulations.runners.federated import run_federated
+from mammo_fl.simulations.settings import SimSettings, parse_settings
+from mammo_fl.simulations.source import resolve_source_model
+from mammo_fl.simulations.target import TargetData, load_target
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def default_cache_dir() -> Path:
 
 def _prepare_images(target: TargetData, preprocessing: dict[str, Any], cache_root: Path, record: dict) -> tuple:
     """Build the image cache at the source model's geometry; unreadable images are skipped and reported."""
-    from common.preprocess import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
 
     cache = ImageCache(cache_root / "images", PreprocessSettings.from_dict(preprocessing))
     report = cache.build(target.images["image_path"].astype(str).tolist(), progress=True)

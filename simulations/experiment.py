@@ -18,12 +18,12 @@ from typing import Any, Callable
 import pandas as pd
 from tqdm import tqdm
 
-from common.errors import MammoError
-from simulations import partition as part
-from simulations.results import append_rows, result_row
-from simulations.runners.centralised import run_finetuned, run_none
-from simulations.runners.evaluation import ExperimentData
-from simulations.settings import SimSettings
+from mammo_fl.common.utils.errors import MammoError
+from mammo_fl.simulations import partition as part
+from mammo_fl.simulations.results import append_rows, result_row
+from mammo_fl.simulations.runners.centralised import run_finetuned, run_none
+from mammo_fl.simulations.runners.scoring import ExperimentData
+from mammo_fl.simulations.settings import SimSettings
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class TransferExperiment:
             )
             self.on_job_done()
         bar.close()
-        from simulations.results import read_results
+        from mammo_fl.simulations.results import read_results
 
         return read_results(self.csv_path)
 

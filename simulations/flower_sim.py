@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError, MammoError
+from mammo_fl.common.utils.errors import ConfigError, MammoError
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ def run_federation(
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    from client.app import app as client_app
-    from server.app import app as server_app
+    from mammo_fl.client.app import app as mammo_fl.client_app
+    from mammo_fl.server.app import app as mammo_fl.server_app
 
     if not (app_dir / "pyproject.toml").is_file():
         raise ConfigError(f"Flower app not found: {app_dir}/pyproject.toml")

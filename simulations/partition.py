@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import ConfigError, DataError
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 SCHEMES = ("iid", "vendor", "label", "site")
 

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from simulations.results import METHODS, column_label  # noqa: E402
+from mammo_fl.simulations.results import METHODS, column_label  # noqa: E402
 
 STYLE = {
     "none": {"color": "0.45", "linestyle": ":", "marker": "x"},

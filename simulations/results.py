@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from common.errors import DataError
-from common.jsonable import write_json
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.utils.jsonable import write_json
 
 # The required columns first (the public schema), then extras that make rows traceable.
 RESULT_COLUMNS = ["patients", "method", "k_sites", "seed", "auc"]

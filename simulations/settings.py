@@ -11,9 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common.errors import ConfigError
-from simulations.partition import SCHEMES
-from simulations.results import METHODS
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.simulations.partition import SCHEMES
+from mammo_fl.simulations.results import METHODS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn")  # fedbn = FedAvg keeping BN at sites
 

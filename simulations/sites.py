@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.errors import DataError
+from mammo_fl.common.utils.errors import DataError
 
 MANIFEST_COLUMNS = ["image_path", "patient_id", "label", "laterality", "view"]
 OPTIONAL_COLUMNS = ["vendor"]
@@ -60,7 +60,7 @@ def _link_cache(state_dir: Path, cache_root: Path) -> None:
 
 def _deal_validation(val_images: pd.DataFrame, names: list[str], seed: int) -> dict[str, pd.DataFrame]:
     """Each site's share of the validation patients (patient level, label-stratified)."""
-    from simulations.partition import partition_patients, patient_table
+    from mammo_fl.simulations.partition import partition_patients, patient_table
 
     patients = patient_table(val_images)
     assignment = partition_patients(patients, len(names), "iid", seed)
@@ -71,7 +71,7 @@ def _deal_validation(val_images: pd.DataFrame, names: list[str], seed: int) -> d
 def materialise_sites(by_site: dict[str, pd.DataFrame], sites_dir: Path, val_images: pd.DataFrame,
                       cache_root: Path | None = None, seed: int = 0) -> list[Path]:
     """Write one folder per site (sorted names = Flower partition ids); returns the folders."""
-    from client.site import SPLIT_FILE, STATE_SUBDIR
+    from mammo_fl.client.site import SPLIT_FILE, STATE_SUBDIR
 
     if sites_dir.exists():
         shutil.rmtree(sites_dir)  # a re-run must not keep a stale site or split

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import read_checkpoint_meta
-from common.errors import ConfigError, DataError, MammoError
-from simulations.settings import SourceSettings, config_hash
+from mammo_fl.common.models.checkpoint import read_checkpoint_meta
+from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
+from mammo_fl.simulations.settings import SourceSettings, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def given_source(path: Path) -> SourceModel:
 
 def source_cache_key(settings: SourceSettings) -> tuple[str, dict[str, Any]]:
     """Hash of everything that shapes the built model: training config and synthetic data settings."""
-    from common.config import load_config
+    from mammo_fl.common.utils.config import load_config
 
     train_config = load_config(settings.train_preset, "train", list(settings.overrides))
     payload = {"train": train_config, "data": {
@@ -95,7 +95,7 @@ def resolve_source_model(model: Path | None, settings: SourceSettings, cache_roo
 
 def build_source_model(settings: SourceSettings, folder: Path, key: str, payload: dict[str, Any]) -> SourceModel:
     """Synthetic DDSM-like data -> mammo-train run -> whole-image checkpoint, cached atomically."""
-    from simulations.synthetic import make_synthetic_index
+    from mammo_fl.simulations.synthetic import make_synthetic_index
 
     start = time.perf_counter()
     work = folder.with_name(folder.name + ".building")
@@ -142,7 +142,7 @@ def _headline_metrics(path: Path) -> dict[str, Any]:
 
 def _train_whole_image(index_dir: Path, run_dir: Path, settings: SourceSettings) -> Path:
     """Run the pipeline's `mammo-train run` in-process and return its whole-image checkpoint."""
-    from common.cli import train as train_cli
+    from mammo_fl.common.cli import train as train_cli
 
     argv = ["run", "--preset", settings.train_preset, "--data", str(index_dir), "--out", str(run_dir)]
     for override in settings.overrides:
@@ -155,7 +155,7 @@ def _train_whole_image(index_dir: Path, run_dir: Path, settings: SourceSettings)
 
 def find_whole_image_checkpoint(run_dir: Path) -> Path:
     """The final whole-image checkpoint of a mammo-train run folder (RUNDIR/whole_image.pt)."""
-    from common.training.pipeline import RunPaths
+    from mammo_fl.common.pipeline.steps import RunPaths
 
     path = RunPaths(run_dir).whole_model
     if not path.is_file():

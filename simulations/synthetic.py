@@ -10,8 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common.errors import DataError
-from simulations.settings import config_hash
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.simulations.settings import config_hash
 
 COMPLETE = ".complete"  # written last: a folder without it is an interrupted generation
 
@@ -23,7 +23,7 @@ def _size(height: int, width: int) -> tuple[int, int] | None:
 def cached_dataset(layout: str, cache_root: Path, patients: int, seed: int, height: int, width: int,
                    **options: object) -> Path:
     """Generate (or reuse) a synthetic dataset; returns its root folder."""
-    from common.synth import generate_dataset
+    from mammo_fl.common.synth import generate_dataset
 
     spec = {"layout": layout, "patients": patients, "seed": seed, "size": _size(height, width), **options}
     folder = cache_root / "synthetic" / f"{layout}-{config_hash(spec)}"
@@ -42,10 +42,10 @@ def make_synthetic_index(layout: str, out_dir: Path, patients: int, seed: int, h
                          width: int = 0, conspicuity: float = 1.0, lesion_scale: float = 1.0,
                          secondary_signs: float = 0.0) -> Path:
     """Generate a dataset into `out_dir/raw`, index it with its adapter into `out_dir/index` (+ split)."""
-    from common.adapters import build_index
-    from common.index import write_index
-    from common.splits import split_patients
-    from common.synth import generate_dataset
+    from mammo_fl.common.imaging.adapters import build_index
+    from mammo_fl.common.imaging.index import write_index
+    from mammo_fl.common.imaging.splits import split_patients
+    from mammo_fl.common.synth import generate_dataset
 
     raw = out_dir / "raw"
     kwargs: dict = {"size": _size(height, width), "progress": True, "conspicuity": float(conspicuity),

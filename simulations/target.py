@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from common.errors import ConfigError, DataError
-from simulations.settings import TargetSettings
-from simulations.synthetic import cached_dataset
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.simulations.settings import TargetSettings
+from mammo_fl.simulations.synthetic import cached_dataset
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TargetData:
 
 
 def _index_inbreast(src: Path, work: Path) -> tuple[pd.DataFrame, list]:
-    from common.adapters.inbreast import build_index
+    from mammo_fl.common.imaging.adapters.inbreast import build_index
 
     tables = build_index(src, work, progress=True)
     return tables.images, list(getattr(tables, "skipped", []) or [])
@@ -52,7 +52,7 @@ def _attach_vendor(images: pd.DataFrame, root: Path) -> pd.DataFrame:
 
 
 def _read_sites(sites_dir: Path) -> pd.DataFrame:
-    from common.adapters.manifest import read_manifest
+    from mammo_fl.common.imaging.adapters.manifest import read_manifest
 
     if not sites_dir.is_dir():
         raise DataError(sites_dir, "not a directory")
@@ -70,7 +70,7 @@ def _read_sites(sites_dir: Path) -> pd.DataFrame:
 
 
 def _split(images: pd.DataFrame, seed: int) -> pd.DataFrame:
-    from common.splits import split_patients
+    from mammo_fl.common.imaging.splits import split_patients
 
     if "split" in images.columns and images["split"].isin(["train", "val"]).all():
         return images.groupby("patient_id")["split"].first().reset_index()  # a split the data brings

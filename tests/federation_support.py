@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.flower_proc import _die_with_parent, stop_daemon
+from mammo_fl.common.federation.processes import _die_with_parent, stop_daemon
 
 TINY_SPEC = {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[16, 1]]}, "num_classes": 2}
 PREPROCESSING = {"height": 96, "width": 64, "mode": "paper", "mean": 44.4}
@@ -30,7 +30,7 @@ E2E_TIMEOUT_S = 1800
 
 def make_sites(out: Path, sites: int, patients: int, seed: int = 1) -> list[Path]:
     """Synthetic manifest-layout sites (prevalence 0.5 so every validation split has both classes)."""
-    from common.synth import generate_dataset
+    from mammo_fl.common.synth import generate_dataset
 
     root = generate_dataset("manifest", out, patients=patients, seed=seed, sites=sites, size=RAW_SIZE,
                             prevalence=0.5, workers=1, overwrite=True)
@@ -45,8 +45,8 @@ def copy_site(src: Path, dst: Path) -> Path:
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
     import torch
 
-    from common.checkpoint import save_checkpoint
-    from common.models import build_model
+    from mammo_fl.common.models.checkpoint import save_checkpoint
+    from mammo_fl.common.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("whole_image", TINY_SPEC)

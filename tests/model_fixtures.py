@@ -15,7 +15,7 @@ import pytest
 import torch
 from data_fixtures import breast_phantom, disc_mask, write_dicom
 
-from common.preprocess import ImageCache, PreprocessSettings
+from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
 
 
 @pytest.fixture(autouse=True, scope="module")

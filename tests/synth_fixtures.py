@@ -14,7 +14,7 @@ TINY_SIZE = (320, 256)
 
 
 def tiny_dataset(layout: str, out_dir: Path, patients: int = 6, seed: int = 0, **kwargs) -> Path:
-    from common.synth import generate_dataset
+    from mammo_fl.common.synth import generate_dataset
 
     kwargs.setdefault("size", TINY_SIZE)
     kwargs.setdefault("workers", 1)

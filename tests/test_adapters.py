@@ -9,11 +9,11 @@ import pytest
 from data_fixtures import cbis_case, make_cbis_tree, make_inbreast_tree, write_dicom
 from PIL import Image
 
-from common.adapters import build_index
-from common.adapters.cbis_ddsm import read_case_csv
-from common.errors import ConfigError, DataError
-from common.index import load_index, write_index
-from common.preprocess import ImageCache, PreprocessSettings
+from mammo_fl.common.imaging.adapters import build_index
+from mammo_fl.common.imaging.adapters.cbis_ddsm import read_case_csv
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.imaging.index import load_index, write_index
+from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
 
 CASES = [
     cbis_case("P_00001", "LEFT", "CC", "mass", "Training", 1, "MALIGNANT"),
@@ -151,7 +151,7 @@ def test_inbreast_without_csv(tmp_path):
 
 
 def run_cli(capsys, *argv):
-    from common.cli.data import main
+    from mammo_fl.common.cli.data import main
 
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -204,7 +204,7 @@ def test_cli_preprocess_skips_bad_images_and_reports(tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, words):
     (tmp_path / "empty").mkdir()
     site = make_site_with_one_image(tmp_path / "site")
-    from common.cli.data import main
+    from mammo_fl.common.cli.data import main
 
     assert main(["index", "--format", "manifest", str(site), "--out", str(tmp_path / "idx")]) == 0
     capsys.readouterr()

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from client.audit import AUDIT_FIELDS, AuditEntry, append_entry, read_entries
-from common import fed_protocol as P
-from common.errors import DataError
+from mammo_fl.client.audit import AUDIT_FIELDS, AuditEntry, append_entry, read_entries
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.errors import DataError
 
 
 def test_entries_append_and_read_back(tmp_path):
@@ -48,7 +48,7 @@ def test_client_handler_logs_its_error_reply_without_paths(tmp_path, task_identi
     error, and the audit log records that reply (kind, round, size, no weights)."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from client.app import handle
+    from mammo_fl.client.app import handle
 
     data = tmp_path / "hospital-x-data"
     data.mkdir()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
-from common.augment import (
+from mammo_fl.common.training.augment import (
     NO_AUGMENT,
     AugmentSettings,
     BatchAugmenter,
@@ -19,7 +19,7 @@ from common.augment import (
     flip_views,
     pixel_to_theta,
 )
-from common.errors import ConfigError
+from mammo_fl.common.utils.errors import ConfigError
 
 
 def _warp(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

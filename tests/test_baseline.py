@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.baseline import (
+from mammo_fl.common.pipeline.baseline import (
     BaselineSettings,
     TwoStepBaseline,
     heatmap_features,
     patch_heatmap,
     region_features,
 )
-from common.errors import ConfigError
-from common.models import build_model
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.models import build_model
 
 
 @pytest.fixture(autouse=True, scope="module")

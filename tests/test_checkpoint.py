@@ -6,9 +6,9 @@ import pytest
 import torch
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
-from common.checkpoint import FORMAT, WHOLE_IMAGE_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from common.errors import DataError
-from common.models import build_model, convert_patch_to_whole
+from mammo_fl.common.models.checkpoint import FORMAT, WHOLE_IMAGE_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.models import build_model, convert_patch_to_whole
 
 PREP = {"height": 96, "width": 64, "mode": "paper", "mean": 52.18}
 

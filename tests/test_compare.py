@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.cli.train import main as train_main
-from common.compare import compare_predictions
-from common.errors import MammoError
-from common.metrics import auc, bootstrap_auc_ci, paired_auc_difference
+from mammo_fl.common.cli.train import main as train_main
+from mammo_fl.common.pipeline.compare import compare_predictions
+from mammo_fl.common.utils.errors import MammoError
+from mammo_fl.common.evaluation.metrics import auc, bootstrap_auc_ci, paired_auc_difference
 
 
 def _scores(seed: int, n: int = 200, separation: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""common.dicom on crafted DICOM files: intensity convention, VOI LUTs, bad input."""
+"""mammo_fl.common.imaging.dicom on crafted DICOM files: intensity convention, VOI LUTs, bad input."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_windowing
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from common.dicom import read_dicom, read_header, read_mask_dicom, window
-from common.errors import ConfigError, DataError
+from mammo_fl.common.imaging.dicom import read_dicom, read_header, read_mask_dicom, window
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 H, W = 64, 48
 
@@ -164,7 +164,7 @@ def test_ct_modality_rejected(tmp_path):
 
 
 def test_missing_modality_warns_but_reads(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="common.dicom"):
+    with caplog.at_level(logging.WARNING, logger="mammo_fl.common.imaging.dicom"):
         img = read_dicom(write_dicom(tmp_path / "a.dcm", ramp(), modality=None), min_side=16)
     assert img.pixels.shape == (H, W)
     assert any("no Modality" in r.message for r in caplog.records)
@@ -207,8 +207,8 @@ def test_compressed_without_decoder_names_the_extra(tmp_path):
         import sys
         for name in ("pylibjpeg", "libjpeg", "openjpeg", "gdcm", "jpeg_ls"):
             sys.modules[name] = None  # import fails, as when the package is not installed
-        from common.dicom import read_dicom
-        from common.errors import ConfigError, DataError
+        from mammo_fl.common.imaging.dicom import read_dicom
+        from mammo_fl.common.utils.errors import ConfigError, DataError
         try:
             read_dicom({str(path)!r}, min_side=16)
         except DataError as exc:

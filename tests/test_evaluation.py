@@ -8,11 +8,11 @@ import pytest
 import torch
 from model_fixtures import TINY_WHOLE_SPEC, one_torch_thread, whole_image_set  # noqa: F401 (autouse fixture)
 
-from common.checkpoint import WHOLE_IMAGE_CLASSES, save_checkpoint
-from common.data import WholeImageDataset
-from common.errors import ConfigError
-from common.evaluation import ensemble_scores, predict_proba, predict_scores, summarize, write_predictions_csv
-from common.models import build_model
+from mammo_fl.common.models.checkpoint import WHOLE_IMAGE_CLASSES, save_checkpoint
+from mammo_fl.common.training.datasets import WholeImageDataset
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.evaluation.inference import ensemble_scores, predict_proba, predict_scores, summarize, write_predictions_csv
+from mammo_fl.common.models import build_model
 
 CPU = torch.device("cpu")
 

@@ -24,9 +24,9 @@ from federation_support import (
     wait_for,
 )
 
-from client.audit import AUDIT_FIELDS, read_entries
-from common import fed_protocol as P
-from common.flower_proc import free_port
+from mammo_fl.client.audit import AUDIT_FIELDS, read_entries
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation.processes import free_port
 
 ALLOWED_METRICS = set(P.TRAIN_METRICS) | set(P.EVAL_METRICS)
 
@@ -49,11 +49,11 @@ def federation(tmp_path_factory):
 
 def _site_val_scores(site_dir, checkpoint):
     """The validation scores a site would compute for `checkpoint` (same split, cache, model)."""
-    from client.site import load_site_images, resolve_site, site_subsets
-    from common.checkpoint import load_checkpoint
-    from common.data import WholeImageDataset
-    from common.evaluation import predict_scores
-    from common.preprocess import ImageCache, PreprocessSettings
+    from mammo_fl.client.site import load_site_images, resolve_site, site_subsets
+    from mammo_fl.common.models.checkpoint import load_checkpoint
+    from mammo_fl.common.training.datasets import WholeImageDataset
+    from mammo_fl.common.evaluation.inference import predict_scores
+    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
 
     ck = load_checkpoint(checkpoint)
     site = resolve_site({"site": site_dir.name, "data-dir": str(site_dir)}, {})
@@ -65,8 +65,8 @@ def _site_val_scores(site_dir, checkpoint):
 
 @pytest.mark.timeout(E2E_TIMEOUT_S)
 def test_two_rounds_three_sites(federation):
-    from common.checkpoint import load_checkpoint
-    from common.metrics import auc, score_histograms
+    from mammo_fl.common.models.checkpoint import load_checkpoint
+    from mammo_fl.common.evaluation.metrics import auc, score_histograms
 
     root, out = federation["root"], federation["root"] / "run-a"
     log = root / "server-a.log"

@@ -22,8 +22,8 @@ from federation_support import (
     wait_for,
 )
 
-from client.audit import read_entries
-from common.flower_proc import free_port
+from mammo_fl.client.audit import read_entries
+from mammo_fl.common.federation.processes import free_port
 
 
 # Real SuperLink + SuperNodes over loopback: minutes per round on a loaded 2-core box,

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tomllib
 
-from common import fed_protocol as P
-from common.errors import ConfigError
-from common.metrics import auc, score_histograms
-from server.evaluation import summarize
-from server.settings import FederationSettings
-from server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
-from server.validate import ArraySpec, Screened, check_arrays, screen
+from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.evaluation.metrics import auc, score_histograms
+from mammo_fl.server.pooled_metrics import summarize
+from mammo_fl.server.settings import FederationSettings
+from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
+from mammo_fl.server.validate import ArraySpec, Screened, check_arrays, screen
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -112,7 +112,7 @@ def test_fedavg_weights_by_examples_and_keeps_dtypes():
 
 def test_aggregation_does_not_depend_on_reply_order():
     """Replies are deduplicated and ordered by site name, so FedAvg's float sums are bit-identical."""
-    from server.federation import _dedupe_sites
+    from mammo_fl.server.federation import _dedupe_sites
 
     rng = np.random.default_rng(0)
     replies = [Screened(i, f"site_{i}", {"w": rng.normal(size=(64,)).astype(np.float32)},
@@ -167,7 +167,7 @@ def test_pooled_auc_from_site_histograms_matches_concatenated_scores():
 def test_local_split_is_stratified_saved_and_stable(tmp_path):
     import pandas as pd
 
-    from client.site import SiteInfo, site_subsets
+    from mammo_fl.client.site import SiteInfo, site_subsets
 
     images = pd.DataFrame({
         "image_id": [f"i{k}" for k in range(40)],
@@ -184,7 +184,7 @@ def test_local_split_is_stratified_saved_and_stable(tmp_path):
 
 
 def test_resolve_site_deployment_and_simulation(tmp_path):
-    from client.site import resolve_site
+    from mammo_fl.client.site import resolve_site
 
     (tmp_path / "b-site").mkdir()
     (tmp_path / "a-site").mkdir()
@@ -213,7 +213,7 @@ def test_server_refuses_without_insecure_and_bad_model(tmp_path):
 
 
 def test_client_unreachable_server_retries_then_gives_up(tmp_path):
-    from common.flower_proc import free_port
+    from mammo_fl.common.federation.processes import free_port
 
     site = tmp_path / "site"
     site.mkdir()
@@ -228,7 +228,7 @@ def test_client_unreachable_server_retries_then_gives_up(tmp_path):
 
 
 def test_rundir_events_status_and_rows(tmp_path):
-    from server.rundir import RunDir
+    from mammo_fl.server.rundir import RunDir
 
     rd = RunDir(tmp_path, launch_id="abc")
     rd.event("site_rejected", round=1, kind="train", site="h1", reason="NaN", value=float("nan"))

@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from model_fixtures import TINY_WHOLE_SPEC, one_torch_thread, whole_image_set  # noqa: F401 (autouse fixture)
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.data import WholeImageDataset
-from common.errors import ConfigError, MammoError
-from common.evaluation import predict_scores
-from common.metrics import auc
-from common.models import build_model, convert_patch_to_whole
-from common.training.finetune import FineTuneConfig, finetune
-from common.training.loops import (
+from mammo_fl.common.training.datasets import WholeImageDataset
+from mammo_fl.common.utils.errors import ConfigError, MammoError
+from mammo_fl.common.evaluation.inference import predict_scores
+from mammo_fl.common.evaluation.metrics import auc
+from mammo_fl.common.models import build_model, convert_patch_to_whole
+from mammo_fl.common.training.finetune import FineTuneConfig, finetune
+from mammo_fl.common.training.loops import (
     balanced_cross_entropy,
     class_balanced_weights,
     run_epoch,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from data_fixtures import breast_phantom, make_site, write_dicom
 
-from common.adapters import read_manifest
-from common.errors import DataError
-from common.index import IMAGE_COLUMNS, load_index, write_index
+from mammo_fl.common.imaging.adapters import read_manifest
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.imaging.index import IMAGE_COLUMNS, load_index, write_index
 
 
 def rows(n=4):

@@ -8,8 +8,8 @@ from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from common.errors import MammoError
-from common.metrics import (
+from mammo_fl.common.utils.errors import MammoError
+from mammo_fl.common.evaluation.metrics import (
     auc,
     auc_from_histograms,
     bootstrap_auc_ci,

@@ -9,10 +9,10 @@ import torch
 from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 from torchvision.models import resnet18, resnet34, vgg16
 
-from common.errors import ConfigError, DataError
-from common.models import PAPER_TOPS, build_model, convert_patch_to_whole, load_pretrained_trunk, stage2_modules
-from common.models.patch import vgg16_features
-from common.models.spec import TRUNK_ARCHS, trunk_stride
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.models import PAPER_TOPS, build_model, convert_patch_to_whole, load_pretrained_trunk, stage2_modules
+from mammo_fl.common.models.patch import vgg16_features
+from mammo_fl.common.models.spec import TRUNK_ARCHS, trunk_stride
 
 TINY_RESNET_TOP = {"type": "resnet", "blocks": [[16, 16, 32, 1], [16, 16, 32, 1]]}
 TINY_VGG_TOP = {"type": "vgg", "blocks": [[32, 1], [16, 1]]}

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.errors import ConfigError
-from simulations import partition as part
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.simulations import partition as part
 
 
 def _images(n_patients: int = 72, seed: int = 0) -> pd.DataFrame:
@@ -105,7 +105,7 @@ def test_partition_round_trip_and_errors(tmp_path, patients):
 
 def test_materialised_sites_train_on_all_their_patients(tmp_path):
     """Site folders: relative manifest paths, saved split = own patients train + a share of validation."""
-    from simulations.sites import materialise_sites
+    from mammo_fl.simulations.sites import materialise_sites
 
     images = _images(12, seed=5)
     images["image_path"] = [str(tmp_path / "data" / f"{i}.dcm") for i in images["image_id"]]

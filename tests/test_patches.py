@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.errors import ConfigError
-from common.patches import (
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.pipeline.patches import (
     CLASS_NAMES,
     BoxSum,
     RoiInput,

@@ -1,4 +1,4 @@
-"""common.preprocess: geometry, masks following images, the PNG cache."""
+"""mammo_fl.common.imaging.cache: geometry, masks following images, the PNG cache."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from data_fixtures import breast_phantom, disc_mask, write_dicom
 from PIL import Image
 
-from common.errors import ConfigError, DataError
-from common.preprocess import (
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.imaging.cache import (
     ImageCache,
     PreprocessSettings,
     mean_grey,

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import load_config
-from common.errors import ConfigError
-from simulations.experiment import Job, effective_sizes, plan_jobs
-from simulations.plot import plot_transfer_curves
-from simulations.results import RESULT_COLUMNS, append_rows, read_results, result_row, summary_table
-from simulations.settings import parse_settings
+from mammo_fl.common.utils.config import load_config
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.simulations.experiment import Job, effective_sizes, plan_jobs
+from mammo_fl.simulations.plot import plot_transfer_curves
+from mammo_fl.simulations.results import RESULT_COLUMNS, append_rows, read_results, result_row, summary_table
+from mammo_fl.simulations.settings import parse_settings
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "paper"])
@@ -86,7 +86,7 @@ def test_result_files_schema_table_and_plot(tmp_path):
 
 
 def test_cli_bad_preset_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "simulations.cli", "--preset", "nope", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "mammo_fl.simulations.cli", "--preset", "nope", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "unknown sim preset 'nope'" in proc.stderr
@@ -100,8 +100,8 @@ def tiny_model(tmp_path_factory):
     """A tiny whole-image checkpoint (random init) at 96x64 model input."""
     import torch
 
-    from common.checkpoint import save_checkpoint
-    from common.models import build_model
+    from mammo_fl.common.models.checkpoint import save_checkpoint
+    from mammo_fl.common.models import build_model
 
     spec = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [[16, 16, 64, 1]]}, "num_classes": 2,
             "dropout": 0.0}
@@ -116,7 +116,7 @@ def tiny_model(tmp_path_factory):
 @pytest.mark.slow  # ~40-120 s on a shared 2-core host (Ray start-up dominates); `make test-slow`
 def test_tiny_grid_through_flower_simulation(tmp_path, tiny_model, synth_inbreast):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "simulations.cli", "--preset", "quick", "--out", str(out), "--model", str(tiny_model),
+    cmd = [sys.executable, "-m", "mammo_fl.simulations.cli", "--preset", "quick", "--out", str(out), "--model", str(tiny_model),
            "--inbreast", str(synth_inbreast), "--cache-dir", str(tmp_path / "cache"),
            "--set", "experiment.sizes=[4]", "--set", "experiment.k_sites=[2]",
            "--set", "finetune.rounds=1", "--set", "finetune.local_epochs=1", "--set", "finetune.batch_size=2",
@@ -162,7 +162,7 @@ def test_tiny_grid_through_flower_simulation(tmp_path, tiny_model, synth_inbreas
     val_patients = set(split[split["split"] == "val"]["patient_id"])
     assert not val_patients & set(part_k2["patient_id"])
     site_dir = out / "sites" / "seed0_n4_k2" / "site_00"
-    from common.adapters.manifest import read_manifest
+    from mammo_fl.common.imaging.adapters.manifest import read_manifest
 
     manifest = read_manifest(site_dir)
     own = set(part_k2[part_k2["site"] == "site_00"]["patient_id"])

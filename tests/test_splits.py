@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from common.errors import ConfigError, DataError
-from common.index import load_split, write_split
-from common.splits import parse_fractions, split_patients
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.imaging.index import load_split, write_split
+from mammo_fl.common.imaging.splits import parse_fractions, split_patients
 
 
 def images(n_patients=200, pos_every=5, views=4):

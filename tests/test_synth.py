@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from common.errors import ConfigError, DataError
-from common.synth import SynthConfig, generate_dataset, plan, render_image
-from common.synth.checks import lesion_signal_report
-from common.synth.cli import main as synth_main
-from common.synth.lesions import LesionSpec, render_calcifications, render_mass
-from common.synth.plan import PlanOptions, plan_inbreast, sample_lesion
-from common.synth.profiles import PROFILES
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.synth import SynthConfig, generate_dataset, plan, render_image
+from mammo_fl.common.synth.checks import lesion_signal_report
+from mammo_fl.common.synth.cli import main as synth_main
+from mammo_fl.common.synth.lesions import LesionSpec, render_calcifications, render_mass
+from mammo_fl.common.synth.plan import PlanOptions, plan_inbreast, sample_lesion
+from mammo_fl.common.synth.profiles import PROFILES
 from synth_fixtures import TINY_SIZE, tiny_dataset
 
 
@@ -64,7 +64,7 @@ def test_parallel_generation_from_a_stdin_script(tmp_path):
 
 
 def test_ffdm_headers_and_monochrome1_read_back_dense_bright(synth_sites):
-    from common.dicom import read_dicom
+    from mammo_fl.common.imaging.dicom import read_dicom
 
     truth = pd.read_csv(synth_sites / "ground_truth.csv", keep_default_na=False)
     photometrics = set()
@@ -264,7 +264,7 @@ def test_refuses_foreign_or_existing_output(tmp_path):
 
 
 def test_write_failures_are_one_line_data_errors(tmp_path):
-    from common.synth.generate import _checked, _render_and_write
+    from mammo_fl.common.synth.generate import _checked, _render_and_write
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

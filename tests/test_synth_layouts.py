@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from common.adapters import build_index
-from common.dicom import read_dicom, read_mask_dicom
+from mammo_fl.common.imaging.adapters import build_index
+from mammo_fl.common.imaging.dicom import read_dicom, read_mask_dicom
 
 
 def _truth(root):

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from common.checkpoint import load_checkpoint, read_checkpoint_meta
-from common.cli.data import main as data_main
-from common.cli.train import main as train_main
-from common.patches import CLASS_NAMES, load_patch_set
+from mammo_fl.common.models.checkpoint import load_checkpoint, read_checkpoint_meta
+from mammo_fl.common.cli.data import main as data_main
+from mammo_fl.common.cli.train import main as train_main
+from mammo_fl.common.pipeline.patches import CLASS_NAMES, load_patch_set
 
 # Tiny everything: 96x72 images, 24 px patches, one epoch per stage, a small top.
 TINY = [
@@ -164,11 +164,11 @@ def test_bad_input_is_one_line_error(index_dir: Path, tmp_path: Path, capsys) ->
 
 
 def test_paper_preset_is_the_paper_schedule() -> None:
-    from common.config import load_config
-    from common.models import PAPER_TOPS
-    from common.training.patch import patch_stages
-    from common.training.pipeline import top_spec
-    from common.training.whole import whole_stages
+    from mammo_fl.common.utils.config import load_config
+    from mammo_fl.common.models import PAPER_TOPS
+    from mammo_fl.common.training.patch import patch_stages
+    from mammo_fl.common.pipeline.steps import top_spec
+    from mammo_fl.common.training.whole import whole_stages
 
     cfg = load_config("paper", "train")
     assert (cfg["data"]["height"], cfg["data"]["width"], cfg["patches"]["patch_size"]) == (1152, 896, 224)

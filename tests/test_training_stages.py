@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from common.checkpoint import load_checkpoint
-from common.errors import ConfigError, DataError
-from common.models import build_model, convert_patch_to_whole
-from common.training.patch import patch_accuracy, patch_stages, train_patch_classifier
-from common.training.staged import Stage, TrainState, train_staged
-from common.training.whole import train_whole_classifier, whole_stages
+from mammo_fl.common.models.checkpoint import load_checkpoint
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.models import build_model, convert_patch_to_whole
+from mammo_fl.common.training.patch import patch_accuracy, patch_stages, train_patch_classifier
+from mammo_fl.common.training.staged import Stage, TrainState, train_staged
+from mammo_fl.common.training.whole import train_whole_classifier, whole_stages
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from common.errors import MammoError
+from mammo_fl.common.utils.errors import MammoError
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.cli import run_cli
-from common.errors import DataError, MammoError
+from mammo_fl.common.cli import run_cli
+from mammo_fl.common.utils.errors import DataError, MammoError
 
 SHOW_SKIPPED = 10
 
@@ -37,8 +37,8 @@ def _print_skipped(skipped: list[tuple[str, str]], out_dir: Path | None, what: s
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from common.adapters import build_index
-    from common.index import summarise, write_index
+    from mammo_fl.common.imaging.adapters import build_index
+    from mammo_fl.common.imaging.index import summarise, write_index
 
     src, out = Path(args.src), Path(args.out)
     if not src.exists():
@@ -58,14 +58,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _split_scheme(args: argparse.Namespace) -> str | dict[str, float]:
-    from common.splits import parse_fractions
+    from mammo_fl.common.imaging.splits import parse_fractions
 
     return parse_fractions(args.fractions) if args.fractions else args.scheme
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from common.index import load_index, write_split
-    from common.splits import split_patients, split_summary
+    from mammo_fl.common.imaging.index import load_index, write_split
+    from mammo_fl.common.imaging.splits import split_patients, split_summary
 
     tables = load_index(args.index)
     patients = set(tables.images["patient_id"].astype(str))
@@ -84,8 +84,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from common.index import load_index
-    from common.preprocess import ImageCache, PreprocessSettings, default_cache_root, mean_grey, parse_size
+    from mammo_fl.common.imaging.index import load_index
+    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root, mean_grey, parse_size
 
     tables = load_index(args.index)
     height, width = parse_size(args.size)
@@ -125,7 +125,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def cmd_synth(argv: list[str]) -> int:
     try:
-        from common.synth import cli as synth_cli
+        from mammo_fl.common.synth import cli as synth_cli
     except ImportError as exc:
         raise MammoError(f"the synthetic generator is not available in this installation ({exc})") from None
     parser = argparse.ArgumentParser(prog="mammo-data synth", description="Generate synthetic mammograms (DICOM).")
@@ -134,7 +134,7 @@ def cmd_synth(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from common.dicom import MIN_SIDE_ENV
+    from mammo_fl.common.imaging.dicom import MIN_SIDE_ENV
 
     parser = argparse.ArgumentParser(prog="mammo-data", description="Dataset indexing, splits and preprocessing.")
     sub = parser.add_subparsers(dest="command", required=True)

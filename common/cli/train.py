@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.checkpoint import load_checkpoint
-from common.cli import run_cli
-from common.config import load_config
-from common.data import UNLABELLED, WholeImageDataset
-from common.device import select_device
-from common.errors import ConfigError, DataError
-from common.evaluation import ensemble_scores, write_predictions_csv
-from common.index import load_index
-from common.preprocess import ImageCache, PreprocessSettings, default_cache_root
+from mammo_fl.common.models.checkpoint import load_checkpoint
+from mammo_fl.common.cli import run_cli
+from mammo_fl.common.utils.config import load_config
+from mammo_fl.common.training.datasets import UNLABELLED, WholeImageDataset
+from mammo_fl.common.utils.device import select_device
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.evaluation.inference import ensemble_scores, write_predictions_csv
+from mammo_fl.common.imaging.index import load_index
+from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root
 
 log = logging.getLogger("mammo-train")
 
@@ -42,26 +42,26 @@ def _load(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _context(args: argparse.Namespace):
-    from common.training.pipeline import open_run  # torch-heavy imports only when a command runs
+    from mammo_fl.common.pipeline.steps import open_run  # torch-heavy imports only when a command runs
 
     return open_run(_load(args), args.data, args.out)
 
 
 def _print_json(data: dict[str, Any]) -> None:
-    from common.jsonable import jsonable
+    from mammo_fl.common.utils.jsonable import jsonable
 
     keep = {k: v for k, v in data.items() if k != "history"}
     print(json.dumps(jsonable(keep), indent=1, default=str))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from common.training.pipeline import run_pipeline
+    from mammo_fl.common.pipeline.steps import run_pipeline
 
     ctx = _context(args)
     metrics = run_pipeline(ctx, pretrained=args.pretrained, resume=not args.restart)
     if args.baseline:
-        from common.jsonable import write_json
-        from common.training.pipeline import step_baseline
+        from mammo_fl.common.utils.jsonable import write_json
+        from mammo_fl.common.pipeline.steps import step_baseline
 
         metrics.update(step_baseline(ctx))
         write_json(ctx.paths.metrics, metrics)
@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from common.training.pipeline import step_patches
+    from mammo_fl.common.pipeline.steps import step_patches
 
     ctx = _context(args)
     report = step_patches(ctx)
@@ -85,7 +85,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 
 def cmd_train_patch(args: argparse.Namespace) -> int:
-    from common.training.pipeline import step_train_patch
+    from mammo_fl.common.pipeline.steps import step_train_patch
 
     ctx = _context(args)
     _print_json(step_train_patch(ctx, pretrained=args.pretrained,
@@ -94,7 +94,7 @@ def cmd_train_patch(args: argparse.Namespace) -> int:
 
 
 def cmd_train_whole(args: argparse.Namespace) -> int:
-    from common.training.pipeline import step_train_whole
+    from mammo_fl.common.pipeline.steps import step_train_whole
 
     ctx = _context(args)
     _print_json(step_train_whole(ctx, patch_model=Path(args.patch_model) if args.patch_model else None,
@@ -103,7 +103,7 @@ def cmd_train_whole(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from common.training.pipeline import step_evaluate
+    from mammo_fl.common.pipeline.steps import step_evaluate
 
     ctx = _context(args)
     models = [Path(m) for m in args.model] if args.model else None
@@ -113,7 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from common.training.pipeline import step_baseline
+    from mammo_fl.common.pipeline.steps import step_baseline
 
     ctx = _context(args)
     _print_json(step_baseline(ctx, patch_model=Path(args.patch_model) if args.patch_model else None,
@@ -122,7 +122,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from common.compare import compare_predictions
+    from mammo_fl.common.pipeline.compare import compare_predictions
 
     r = compare_predictions(args.a, args.b, index_dir=args.data, n=args.bootstrap, seed=args.seed)
     unit = "patients" if args.data else "images"
@@ -132,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"  A - B = {r.difference:+.4f}  95% CI [{r.ci[0]:+.4f}, {r.ci[1]:+.4f}]  "
           f"A higher in {100 * r.share_a_better:.1f}% of resamples")
     if args.json:
-        from common.jsonable import write_json
+        from mammo_fl.common.utils.jsonable import write_json
 
         write_json(Path(args.json), {"a": args.a, "b": args.b, **dataclasses.asdict(r), "resampled": unit,
                                      "bootstrap": args.bootstrap, "seed": args.seed})
@@ -195,7 +195,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None)
     print(f"scored {len(scores)} images ({len(bad)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
     if (labels != UNLABELLED).all() and len(np.unique(labels)) == 2:
-        from common.metrics import auc
+        from mammo_fl.common.evaluation.metrics import auc
 
         print(f"AUC {auc(labels, scores):.4f}")
     return 0

@@ -6,10 +6,10 @@ from typing import Any
 
 from torch import nn
 
-from common.errors import ConfigError
-from common.models.patch import PatchModel, build_patch_model, load_pretrained_trunk, stage2_modules
-from common.models.spec import PAPER_TOPS, normalize_patch_spec, normalize_whole_spec
-from common.models.whole import WholeImageModel, build_whole_model, convert_patch_to_whole
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.models.patch import PatchModel, build_patch_model, load_pretrained_trunk, stage2_modules
+from mammo_fl.common.models.spec import PAPER_TOPS, normalize_patch_spec, normalize_whole_spec
+from mammo_fl.common.models.whole import WholeImageModel, build_whole_model, convert_patch_to_whole
 
 MODEL_KINDS = ("patch", "whole_image")
 

@@ -18,8 +18,8 @@ from torchvision.models.resnet import BasicBlock
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
-from common.errors import DataError
-from common.models.spec import normalize_patch_spec, trunk_channels, trunk_family
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.models.spec import normalize_patch_spec, trunk_channels, trunk_family
 
 RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
 RESNET_LAYERS = ("layer1", "layer2", "layer3", "layer4")

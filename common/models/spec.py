@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from common.errors import ConfigError
+from mammo_fl.common.utils.errors import ConfigError
 
 # arch -> (channels of the truncated trunk output, family)
 TRUNK_ARCHS: dict[str, tuple[int, str]] = {

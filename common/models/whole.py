@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.models.heatmap import HeatmapConvTop, HeatmapFCTop, HeatmapLayer
-from common.models.patch import PatchModel, _init_conv_bn, build_trunk
-from common.models.spec import normalize_whole_spec, trunk_channels, whole_spec_from_patch
+from mammo_fl.common.models.heatmap import HeatmapConvTop, HeatmapFCTop, HeatmapLayer
+from mammo_fl.common.models.patch import PatchModel, _init_conv_bn, build_trunk
+from mammo_fl.common.models.spec import normalize_whole_spec, trunk_channels, whole_spec_from_patch
 
 
 class BottleneckUnit(nn.Module):

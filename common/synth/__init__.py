@@ -8,9 +8,9 @@ Public API:
 - `PROFILES` / `get_profile(name)` (vendor profiles), `site_profile(i, domain, seed)`
 """
 
-from common.synth.generate import SynthConfig, generate, generate_dataset, plan
-from common.synth.profiles import PROFILES, VendorProfile, get_profile, site_profile
-from common.synth.render import ImageSpec, RenderedImage, render_image
+from mammo_fl.common.synth.generate import SynthConfig, generate, generate_dataset, plan
+from mammo_fl.common.synth.profiles import PROFILES, VendorProfile, get_profile, site_profile
+from mammo_fl.common.synth.render import ImageSpec, RenderedImage, render_image
 
 __all__ = [
     "PROFILES", "ImageSpec", "RenderedImage", "SynthConfig", "VendorProfile", "generate", "generate_dataset",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from common.synth.profiles import VendorProfile
-from common.synth.texture import power_law_noise
+from mammo_fl.common.synth.profiles import VendorProfile
+from mammo_fl.common.synth.texture import power_law_noise
 
 FILM_DMIN, FILM_DMAX, SCAN_DMAX = 0.18, 3.6, 3.5
 

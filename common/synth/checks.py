@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from common.synth.acquisition import Acquired
+from mammo_fl.common.synth.acquisition import Acquired
 
 
 def display_pixels(acquired: Acquired) -> np.ndarray:

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.config import load_config
-from common.errors import ConfigError
+from mammo_fl.common.utils.config import load_config
+from mammo_fl.common.utils.errors import ConfigError
 
 FLAG_KEYS = ("layout", "patients", "seed", "domain", "sites", "prevalence", "conspicuity", "lesion_scale",
              "secondary_signs", "vendor", "cbis_tree", "workers")
@@ -61,12 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("--out is required (dataset folder, or PNG file with --preview)")
     if args.preview is not None:
-        from common.synth.preview import render_preview
+        from mammo_fl.common.synth.preview import render_preview
 
         out = render_preview(args.preview, args.out, n=args.preview_count)
         print(f"wrote {out}")
         return 0
-    from common.synth.generate import SynthConfig, generate
+    from mammo_fl.common.synth.generate import SynthConfig, generate
 
     cfg = load_config(args.preset, "synth", args.overrides)
     for key in FLAG_KEYS:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (`python -m common.synth.cli`), same options as `mammo-data synth`."""
-    from common.cli import run_cli
+    from mammo_fl.common.cli import run_cli
 
     def _main(a: list[str] | None) -> int:
         parser = argparse.ArgumentParser(prog="mammo-data synth", description=__doc__,

@@ -15,8 +15,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from common.errors import DataError
-from common.synth.profiles import VendorProfile
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.synth.profiles import VendorProfile
 
 
 def make_uid(*parts: object) -> str:

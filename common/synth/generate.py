@@ -13,12 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common.errors import ConfigError, DataError, MammoError
-from common.synth.layouts import cbis_ddsm, inbreast, manifest
-from common.synth.layouts.records import write_ground_truth
-from common.synth.plan import PlanOptions, plan_cbis, plan_inbreast, plan_site
-from common.synth.profiles import DEFAULT_PROFILE, VendorProfile, get_profile, site_profile
-from common.synth.render import ImageSpec, render_image
+from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
+from mammo_fl.common.synth.layouts import cbis_ddsm, inbreast, manifest
+from mammo_fl.common.synth.layouts.records import write_ground_truth
+from mammo_fl.common.synth.plan import PlanOptions, plan_cbis, plan_inbreast, plan_site
+from mammo_fl.common.synth.profiles import DEFAULT_PROFILE, VendorProfile, get_profile, site_profile
+from mammo_fl.common.synth.render import ImageSpec, render_image
 
 log = logging.getLogger(__name__)
 

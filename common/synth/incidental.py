@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.synth.shapes import BreastGeometry
+from mammo_fl.common.synth.shapes import BreastGeometry
 
 
 def _inside_points(geometry: BreastGeometry, n: int, rng: np.random.Generator, min_thickness: float = 0.5):

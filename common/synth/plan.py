@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.synth.lesions import CALC_MORPHOLOGIES, MASS_MORPHOLOGIES, LesionSpec
-from common.synth.profiles import VendorProfile
-from common.synth.render import ImageSpec
+from mammo_fl.common.synth.lesions import CALC_MORPHOLOGIES, MASS_MORPHOLOGIES, LesionSpec
+from mammo_fl.common.synth.profiles import VendorProfile
+from mammo_fl.common.synth.render import ImageSpec
 
 DENSITY_P = (0.1, 0.4, 0.4, 0.1)  # ACR 1..4, independent of the label
 VIEWS = ("CC", "MLO")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.dicom import read_dicom
-from common.errors import DataError
+from mammo_fl.common.imaging.dicom import read_dicom
+from mammo_fl.common.utils.errors import DataError
 
 COLOURS = {"MALIGNANT": "#ff3030", "BENIGN": "#30ff60", "BENIGN_WITHOUT_CALLBACK": "#30c0ff"}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from common.errors import ConfigError
+from mammo_fl.common.utils.errors import ConfigError
 
 DOMAINS = ("film", "ffdm")
 

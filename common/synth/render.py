@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.synth.acquisition import Acquired, acquire
-from common.synth.incidental import add_incidental_findings
-from common.synth.lesions import LesionSpec, RenderedLesion, add_into, polygon_mask, render_lesion
-from common.synth.profiles import VendorProfile
-from common.synth.shapes import BreastGeometry, breast_geometry, skin_line
-from common.synth.texture import glandular_fraction, power_law_noise, ridges, upsample
+from mammo_fl.common.synth.acquisition import Acquired, acquire
+from mammo_fl.common.synth.incidental import add_incidental_findings
+from mammo_fl.common.synth.lesions import LesionSpec, RenderedLesion, add_into, polygon_mask, render_lesion
+from mammo_fl.common.synth.profiles import VendorProfile
+from mammo_fl.common.synth.shapes import BreastGeometry, breast_geometry, skin_line
+from mammo_fl.common.synth.texture import glandular_fraction, power_law_noise, ridges, upsample
 
 FAT, GLAND, MUSCLE = 0.2, 0.62, 0.6  # projected density of fully compressed tissue
 

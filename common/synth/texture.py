@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from common.synth.shapes import BreastGeometry
+from mammo_fl.common.synth.shapes import BreastGeometry
 
 # Bias of the glandular-fraction logit per ACR density class (1 fatty .. 4 extremely dense).
 DENSITY_BIAS = {1: -2.2, 2: -1.1, 3: 0.0, 4: 1.1}

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.augment import AugmentSettings, BatchAugmenter
-from common.data import preload_if_small, split_augmentation
-from common.device import make_grad_scaler, seed_everything
-from common.errors import ConfigError, MammoError
-from common.training.loops import ProximalTerm, make_loader, needs_drop_last, run_epoch, trainable_parameters
+from mammo_fl.common.training.augment import AugmentSettings, BatchAugmenter
+from mammo_fl.common.training.datasets import preload_if_small, split_augmentation
+from mammo_fl.common.utils.device import make_grad_scaler, seed_everything
+from mammo_fl.common.utils.errors import ConfigError, MammoError
+from mammo_fl.common.training.loops import ProximalTerm, make_loader, needs_drop_last, run_epoch, trainable_parameters
 
 
 @dataclass

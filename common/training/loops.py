@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from common.device import autocast
-from common.errors import ConfigError, MammoError
-from common.models.patch import PatchModel, stage2_modules
-from common.models.whole import WholeImageModel
+from mammo_fl.common.utils.device import autocast
+from mammo_fl.common.utils.errors import ConfigError, MammoError
+from mammo_fl.common.models.patch import PatchModel, stage2_modules
+from mammo_fl.common.models.whole import WholeImageModel
 
 PATCH_STAGES = ("head", "top", "all")
 WHOLE_STAGES = ("head", "top", "all")

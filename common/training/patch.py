@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.evaluation import predict_proba
-from common.training.staged import Stage, StagedResult, TrainState, stages_from_config, train_staged
+from mammo_fl.common.evaluation.inference import predict_proba
+from mammo_fl.common.training.staged import Stage, StagedResult, TrainState, stages_from_config, train_staged
 
 # stage key in the preset -> modules trained (common.training.loops stage names)
 PATCH_STAGE_LAYOUT = {"stage1": "head", "stage2": "top", "stage3": "all"}

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from common.checkpoint import WHOLE_IMAGE_CLASSES, load_checkpoint, save_checkpoint
-from common.errors import DataError
-from common.evaluation import predict_scores
-from common.metrics import auc
-from common.training.staged import Stage, StagedResult, TrainState, stages_from_config, train_staged
+from mammo_fl.common.models.checkpoint import WHOLE_IMAGE_CLASSES, load_checkpoint, save_checkpoint
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.evaluation.inference import predict_scores
+from mammo_fl.common.evaluation.metrics import auc
+from mammo_fl.common.training.staged import Stage, StagedResult, TrainState, stages_from_config, train_staged
 
 log = logging.getLogger(__name__)
 

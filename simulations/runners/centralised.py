@@ -11,14 +11,14 @@ import time
 
 import pandas as pd
 
-from common.device import seed_everything
-from simulations.runners.evaluation import ExperimentData, load_model, score_model
-from simulations.settings import FineTuneSettings
+from mammo_fl.common.utils.device import seed_everything
+from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, score_model
+from mammo_fl.simulations.settings import FineTuneSettings
 
 
 def finetune_config(ft: FineTuneSettings, seed: int, epochs: int | None = None):
     """The FineTuneConfig shared by pooled, single-site and (through the run config) federated runs."""
-    from common.training.finetune import FineTuneConfig
+    from mammo_fl.common.training.finetune import FineTuneConfig
 
     return FineTuneConfig(
         epochs=ft.total_epochs if epochs is None else epochs,
@@ -41,8 +41,8 @@ def run_none(data: ExperimentData) -> tuple[float, float]:
 
 def run_finetuned(data: ExperimentData, images: pd.DataFrame, ft: FineTuneSettings, seed: int) -> tuple[float, float]:
     """Fine-tune the source model on `images` and score it; returns (auc, seconds)."""
-    from common.data import WholeImageDataset
-    from common.training.finetune import finetune
+    from mammo_fl.common.training.datasets import WholeImageDataset
+    from mammo_fl.common.training.finetune import finetune
 
     start = time.perf_counter()
     seed_everything(seed)

@@ -14,10 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from simulations.flower_sim import backend_config, run_federation
-from simulations.runners.evaluation import ExperimentData, load_model, score_model
-from simulations.settings import FineTuneSettings, SimSettings
-from simulations.sites import materialise_sites
+from mammo_fl.simulations.flower_sim import backend_config, run_federation
+from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, score_model
+from mammo_fl.simulations.settings import FineTuneSettings, SimSettings
+from mammo_fl.simulations.sites import materialise_sites
 
 
 def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Path, out_dir: Path,
@@ -66,7 +66,7 @@ def _read_round_timings(out_dir: Path) -> dict[str, float]:
 def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_dir: Path,
                   settings: SimSettings, seed: int) -> tuple[float, dict[str, Any]]:
     """Federated fine-tuning over `by_site`; returns (validation AUC, timing/info dict)."""
-    from common.errors import MammoError
+    from mammo_fl.common.utils.errors import MammoError
 
     start = time.perf_counter()
     k = len(by_site)

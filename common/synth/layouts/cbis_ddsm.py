@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.synth.dicom_io import DicomMeta, make_uid, write_dicom
-from common.synth.layouts.records import ground_truth_row, roi_rows
-from common.synth.render import RenderedImage
+from mammo_fl.common.synth.dicom_io import DicomMeta, make_uid, write_dicom
+from mammo_fl.common.synth.layouts.records import ground_truth_row, roi_rows
+from mammo_fl.common.synth.render import RenderedImage
 
 MASS_COLUMNS = [
     "patient_id", "breast_density", "left or right breast", "image view", "abnormality id", "abnormality type",

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common.synth.dicom_io import DicomMeta, make_uid, write_dicom
-from common.synth.layouts.records import ground_truth_row, roi_rows, write_csv
-from common.synth.render import RenderedImage
+from mammo_fl.common.synth.dicom_io import DicomMeta, make_uid, write_dicom
+from mammo_fl.common.synth.layouts.records import ground_truth_row, roi_rows, write_csv
+from mammo_fl.common.synth.render import RenderedImage
 
 RELEASE_DIR = "INbreast Release 1.0"
 CSV_COLUMNS = ["Patient ID", "Patient age", "Laterality", "View", "Acquisition date", "File Name", "ACR", "Bi-Rads"]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.synth.dicom_io import DicomMeta, make_uid, write_dicom
-from common.synth.layouts.records import ground_truth_row, roi_rows, write_csv
-from common.synth.render import RenderedImage
+from mammo_fl.common.synth.dicom_io import DicomMeta, make_uid, write_dicom
+from mammo_fl.common.synth.layouts.records import ground_truth_row, roi_rows, write_csv
+from mammo_fl.common.synth.render import RenderedImage
 
 MANIFEST_COLUMNS = ["image_path", "patient_id", "label", "laterality", "view", "vendor"]
 

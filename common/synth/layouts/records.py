@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from common.synth.render import RenderedImage
+from mammo_fl.common.synth.render import RenderedImage
 
 GROUND_TRUTH_COLUMNS = [
     "image_id", "patient_id", "label", "lesions", "n_lesions", "image_path", "laterality", "view",

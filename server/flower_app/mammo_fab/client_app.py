@@ -1,5 +1,5 @@
 """ClientApp component of the FAB: the site's installed `client.app`."""
 
-from client.app import app
+from mammo_fl.client.app import app
 
 __all__ = ["app"]

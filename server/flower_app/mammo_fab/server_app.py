@@ -1,5 +1,5 @@
 """ServerApp component of the FAB: the coordinator's installed `server.app`."""
 
-from server.app import app
+from mammo_fl.server.app import app
 
 __all__ = ["app"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from common.errors import DataError, MammoError
+from mammo_fl.common.utils.errors import DataError, MammoError
 
 
 @dataclass(frozen=True)

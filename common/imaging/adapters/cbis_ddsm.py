@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from common.dicom import read_header
-from common.errors import DataError
-from common.index import IMAGE_COLUMNS, ROI_COLUMNS, IndexTables
+from mammo_fl.common.imaging.dicom import read_header
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.imaging.index import IMAGE_COLUMNS, ROI_COLUMNS, IndexTables
 
 CASE_FOLDER = re.compile(
     r"^(?P<prefix>(?:Mass|Calc)-(?:Training|Test))_(?P<patient>P_\d+)_(?P<side>LEFT|RIGHT)_(?P<view>CC|MLO)"

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.errors import ConfigError, DataError
-from common.models import MODEL_KINDS, build_model
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.models import MODEL_KINDS, build_model
 
 FORMAT = "mammo-fl/v1"
 WHOLE_IMAGE_CLASSES = ["not_malignant", "malignant"]

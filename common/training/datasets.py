@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from common.augment import AugmentSettings, BatchAugmenter, augment_batch
-from common.errors import DataError, MammoError
+from mammo_fl.common.training.augment import AugmentSettings, BatchAugmenter, augment_batch
+from mammo_fl.common.utils.errors import DataError, MammoError
 
 UNLABELLED = -1
 

@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from common.checkpoint import load_checkpoint
-from common.errors import DataError
+from mammo_fl.common.models.checkpoint import load_checkpoint
+from mammo_fl.common.utils.errors import DataError
 
 
 @dataclass
@@ -44,9 +44,9 @@ def load_model(path: Path, device: torch.device) -> nn.Module:
 
 def score_model(model: nn.Module, data: ExperimentData) -> float:
     """Per-image validation AUC of `model` on the fixed validation set."""
-    from common.data import WholeImageDataset
-    from common.evaluation import predict_scores
-    from common.metrics import auc
+    from mammo_fl.common.training.datasets import WholeImageDataset
+    from mammo_fl.common.evaluation.inference import predict_scores
+    from mammo_fl.common.evaluation.metrics import auc
 
     dataset = WholeImageDataset(data.val_images, data.cache, mean=data.mean, augment=False)
     scores = predict_scores(model, dataset, data.device, tta=data.tta, batch_size=data.eval_batch_size)

@@ -14,12 +14,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from common.augment import flip_views
-from common.checkpoint import LoadedCheckpoint, load_checkpoint
-from common.data import UNLABELLED, split_augmentation
-from common.device import autocast
-from common.errors import ConfigError
-from common.metrics import auc, bootstrap_auc_ci, sens_spec_at
+from mammo_fl.common.training.augment import flip_views
+from mammo_fl.common.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from mammo_fl.common.training.datasets import UNLABELLED, split_augmentation
+from mammo_fl.common.utils.device import autocast
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.evaluation.metrics import auc, bootstrap_auc_ci, sens_spec_at
 
 
 @torch.no_grad()

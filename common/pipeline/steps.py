@@ -26,22 +26,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.augment import AugmentSettings
-from common.baseline import BaselineSettings, TwoStepBaseline, dataset_heatmaps
-from common.checkpoint import PATCH_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from common.data import PatchDataset, WholeImageDataset
-from common.device import select_device, seed_everything, set_cpu_threads
-from common.errors import ConfigError, DataError, MammoError
-from common.evaluation import check_preprocessing, ensemble_scores, predict_scores, summarize, write_predictions_csv
-from common.index import IndexTables, load_index
-from common.jsonable import write_json
-from common.metrics import auc, bootstrap_auc_ci, plot_roc, roc_curve, sens_spec_at
-from common.models import build_model, convert_patch_to_whole, load_pretrained_trunk
-from common.models.spec import trunk_stride
-from common.patches import PatchSetReport, SamplingSettings, build_patch_set, load_patch_set
-from common.preprocess import ImageCache, PreprocessSettings, default_cache_root, mean_grey
-from common.training.patch import patch_stages, train_patch_classifier
-from common.training.whole import train_whole_classifier, whole_stages
+from mammo_fl.common.training.augment import AugmentSettings
+from mammo_fl.common.pipeline.baseline import BaselineSettings, TwoStepBaseline, dataset_heatmaps
+from mammo_fl.common.models.checkpoint import PATCH_CLASSES, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from mammo_fl.common.training.datasets import PatchDataset, WholeImageDataset
+from mammo_fl.common.utils.device import select_device, seed_everything, set_cpu_threads
+from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
+from mammo_fl.common.evaluation.inference import check_preprocessing, ensemble_scores, predict_scores, summarize, write_predictions_csv
+from mammo_fl.common.imaging.index import IndexTables, load_index
+from mammo_fl.common.utils.jsonable import write_json
+from mammo_fl.common.evaluation.metrics import auc, bootstrap_auc_ci, plot_roc, roc_curve, sens_spec_at
+from mammo_fl.common.models import build_model, convert_patch_to_whole, load_pretrained_trunk
+from mammo_fl.common.models.spec import trunk_stride
+from mammo_fl.common.pipeline.patches import PatchSetReport, SamplingSettings, build_patch_set, load_patch_set
+from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root, mean_grey
+from mammo_fl.common.training.patch import patch_stages, train_patch_classifier
+from mammo_fl.common.training.whole import train_whole_classifier, whole_stages
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from scipy import ndimage
 from sklearn.ensemble import RandomForestClassifier
 from tqdm import tqdm
 
-from common.device import autocast
-from common.errors import ConfigError
+from mammo_fl.common.utils.device import autocast
+from mammo_fl.common.utils.errors import ConfigError
 
 CUTOFFS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
 REGION_FEATURES = ("n_regions", "area_frac", "largest_area_frac", "largest_major_axis", "largest_mean", "largest_max")

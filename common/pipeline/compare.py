@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import DataError
-from common.index import load_index
-from common.metrics import PairedAucDifference, paired_auc_difference
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.imaging.index import load_index
+from mammo_fl.common.evaluation.metrics import PairedAucDifference, paired_auc_difference
 
 COLUMNS = ("image_id", "malignant_prob", "label")
 

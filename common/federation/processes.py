@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from common.errors import MammoError
+from mammo_fl.common.utils.errors import MammoError
 
 VENV_BIN = Path(sys.executable).parent
 

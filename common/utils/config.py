@@ -13,9 +13,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError
+from mammo_fl.common.utils.errors import ConfigError
 
-PRESET_DIR = Path(__file__).parent / "presets"
+PRESET_DIR = Path(__file__).parents[1] / "presets"
 
 
 def preset_path(name_or_path: str, family: str) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.dicom import normalise_view, read_header
-from common.errors import DataError
-from common.index import IMAGE_COLUMNS, IndexTables
+from mammo_fl.common.imaging.dicom import normalise_view, read_header
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.imaging.index import IMAGE_COLUMNS, IndexTables
 
 MANIFEST_NAME = "manifest.csv"
 REQUIRED = ("image_path", "patient_id", "label")

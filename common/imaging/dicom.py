@@ -27,7 +27,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from common.errors import ConfigError, DataError
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from common.dicom import read_header
-from common.errors import DataError
-from common.index import IMAGE_COLUMNS, ROI_COLUMNS, IndexTables
+from mammo_fl.common.imaging.dicom import read_header
+from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.imaging.index import IMAGE_COLUMNS, ROI_COLUMNS, IndexTables
 
 DICOM_NAME = re.compile(r"^(?P<id>\d+)_(?P<hash>[0-9A-Za-z]+)_MG_(?P<side>[LR])_(?P<view>CC|MLO|ML)_ANON\.dcm$",
                         re.IGNORECASE)

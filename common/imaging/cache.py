@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.dicom import read_dicom, read_mask_dicom
-from common.errors import ConfigError, DataError
+from mammo_fl.common.imaging.dicom import read_dicom, read_mask_dicom
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -495,7 +495,7 @@ def _report(outcomes: list[_Outcome], seconds: float) -> CacheReport:
     return CacheReport(done=len(outcomes) - len(skipped), skipped=skipped, seconds=seconds, computed=computed)  # type: ignore[arg-type]
 
 
-_POOL_PRELOAD = ["common.preprocess", "torch"]
+_POOL_PRELOAD = ["mammo_fl.common.imaging.cache", "torch"]
 
 
 def _run_pool(fn: Any, items: list[Any], workers: int | None, progress: bool) -> list[Any]:

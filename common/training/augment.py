@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from common.errors import ConfigError
+from mammo_fl.common.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)

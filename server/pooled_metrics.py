@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.metrics import auc_from_histograms, sens_spec_from_histograms
-from server.validate import Screened
+from mammo_fl.common.evaluation.metrics import auc_from_histograms, sens_spec_from_histograms
+from mammo_fl.server.validate import Screened
 
 
 @dataclass

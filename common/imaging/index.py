@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.errors import DataError
+from mammo_fl.common.utils.errors import DataError
 
 IMAGE_COLUMNS = ["image_id", "image_path", "patient_id", "laterality", "view", "label"]
 ROI_COLUMNS = ["image_id", "roi_id", "mask_path", "abnormality", "pathology"]

@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from common.errors import ConfigError, DataError, MammoError
+from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from common.errors import ConfigError, DataError
-from common.index import SPLIT_NAMES
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.common.imaging.index import SPLIT_NAMES
 
 SCHEMES = ("ddsm", "inbreast")
 
