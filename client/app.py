@@ -62,7 +62,8 @@ def _set_threads(site_nc: dict[str, Any], rc_threads: int) -> None:
 
 
 def handle(msg: Message, context: Context, kind: str) -> Message:
-    from mammo_fl.client.local import RoundConfig, local_evaluate, local_train
+    from mammo_fl.client.local import local_evaluate, local_train
+    from mammo_fl.common.federation.round_config import RoundConfig
     from mammo_fl.client.site import resolve_site
 
     site = None

@@ -7,6 +7,7 @@ and replace the global ones before training and evaluation; they are never sent.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,55 +17,8 @@ import numpy as np
 
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import DataError
-
-
-@dataclass
-class RoundConfig:
-    server_round: int
-    fed_id: str
-    model_kind: str
-    model_spec: dict[str, Any]
-    preprocessing: dict[str, Any]
-    local_epochs: int
-    lr: float
-    weight_decay: float
-    batch_size: int
-    max_steps: int
-    augment: bool
-    seed: int
-    val_fraction: float
-    proximal_mu: float
-    fedbn: bool
-    device: str
-    num_threads: int
-    tta: bool
-    hist_bins: int
-
-    @classmethod
-    def from_record(cls, cfg: Any) -> RoundConfig:
-        g = cfg.get
-        return cls(
-            server_round=int(g("server-round", 0)),
-            fed_id=str(g("fed-id", "default")),
-            model_kind=str(g("model-kind", "whole_image")),
-            model_spec=P.loads(str(g("model-spec", "{}"))),
-            preprocessing=P.loads(str(g("preprocessing", "{}"))),
-            local_epochs=int(g("local-epochs", 1)),
-            lr=float(g("lr", 1e-5)),
-            weight_decay=float(g("weight-decay", 0.01)),
-            batch_size=int(g("batch-size", 2)),
-            max_steps=int(g("max-steps", 0)),
-            augment=bool(g("augment", True)),
-            seed=int(g("seed", 0)),
-            val_fraction=float(g("val-fraction", 0.2)),
-            proximal_mu=float(g("proximal-mu", 0.0)),
-            fedbn=bool(g("fedbn", False)),
-            device=str(g("device", "auto")),
-            num_threads=int(g("num-threads", 0)),
-            tta=bool(g("tta", False)),
-            hist_bins=int(g("hist-bins", 1000)),
-        )
 
 
 @dataclass
@@ -86,7 +40,7 @@ def prepare_data(site: SiteInfo, rc: RoundConfig) -> SiteData:
     images, skipped = filter_readable(images, cache, workers=workers)
     if images.empty:
         raise DataError(site.data_dir, f"none of the site's images could be read ({len(skipped)} skipped)")
-    train, val = site_subsets(site, images, rc.val_fraction, rc.seed)
+    train, val = site_subsets(site, images, rc.val_fraction, rc.finetune.seed)
     return SiteData(train=train, val=val, cache=cache, skipped=skipped)
 
 
@@ -142,21 +96,19 @@ def local_train(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) 
     """Fine-tune the received model on the site's training patients -> (weights to send, metrics)."""
     from mammo_fl.common.training.datasets import WholeImageDataset
     from mammo_fl.common.utils.device import select_device
-    from mammo_fl.common.training.finetune import FineTuneConfig, finetune
+    from mammo_fl.common.training.finetune import finetune
 
     t0 = time.perf_counter()
     data = prepare_data(site, rc)
     if data.train.empty:
         raise DataError(site.data_dir, "no training images after the local split")
     model = build_model(rc, arrays)
-    reference = {k: v.detach().clone() for k, v in model.state_dict().items()} if rc.proximal_mu > 0 else None
+    reference = {k: v.detach().clone() for k, v in model.state_dict().items()} if rc.finetune.proximal_mu > 0 else None
     apply_local_bn(site, rc, model)
-    seed = rc.seed * 1000 + rc.server_round
+    seed = rc.finetune.seed * 1000 + rc.server_round  # a different order every round, same for a seed
     dataset = WholeImageDataset(data.train, data.cache, mean=float(rc.preprocessing.get("mean", 0.0)),
                                 augment=False, seed=seed)
-    cfg = FineTuneConfig(epochs=rc.local_epochs, lr=rc.lr, weight_decay=rc.weight_decay, batch_size=rc.batch_size,
-                         proximal_mu=rc.proximal_mu, augment=rc.augment, seed=seed,
-                         max_steps=rc.max_steps or None)
+    cfg = dataclasses.replace(rc.finetune, seed=seed)
     device = select_device(site.node_config.get("device", rc.device))
     result = finetune(model, dataset, cfg, device, reference_state=reference)
     model.to("cpu")
@@ -190,7 +142,7 @@ def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray
     apply_local_bn(site, rc, model)
     dataset = WholeImageDataset(data.val, data.cache, mean=float(rc.preprocessing.get("mean", 0.0)), augment=False)
     device = select_device(site.node_config.get("device", rc.device))
-    scores = predict_scores(model, dataset, device, tta=rc.tta, batch_size=max(rc.batch_size, 4))
+    scores = predict_scores(model, dataset, device, tta=rc.tta, batch_size=max(rc.finetune.batch_size, 4))
     labels = data.val["label"].astype(int).to_numpy()
     neg, pos = score_histograms(labels, np.clip(scores, 0.0, 1.0), bins=rc.hist_bins)
     return {

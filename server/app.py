@@ -10,8 +10,8 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from mammo_fl.server.federation import run_federation
+    from mammo_fl.server.round_loop import run_round_loop
     from mammo_fl.server.settings import FederationSettings
 
     settings = FederationSettings.from_run_config(dict(context.run_config))
-    run_federation(grid, settings, run_id=int(context.run_id))
+    run_round_loop(grid, settings, run_id=int(context.run_id))

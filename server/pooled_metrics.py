@@ -30,7 +30,7 @@ class EvalSummary:
     pos_hist: np.ndarray | None = None
 
 
-def summarize(accepted: list[Screened], bins: int, threshold: float) -> EvalSummary:
+def pool_histograms(accepted: list[Screened], bins: int, threshold: float) -> EvalSummary:
     """Pool the sites' histograms; per-site figures from each site's own histograms."""
     neg_total = np.zeros(bins, dtype=np.int64)
     pos_total = np.zeros(bins, dtype=np.int64)

@@ -68,6 +68,29 @@ class RunDir:
                     raise MammoError(f"{self.root} is being written by another ServerApp") from None
                 time.sleep(1.0)
 
+    def writer_pid(self) -> int:
+        """PID written by the last ServerApp that held the writer lock (0 when none)."""
+        try:
+            return int(self.lock_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def prepare_launch(self, resume: bool) -> str:
+        """Refuse to overwrite a finished round without --resume; clear the last launch's event log.
+
+        Returns "resume", "nothing-to-resume" or "fresh"."""
+        state = self.load_state()
+        if state is not None and not resume:
+            raise MammoError(
+                f"{self.root} already holds a run (round {state['completed_round']} done): "
+                "add --resume to continue it or choose another --out"
+            )
+        self.status_file.unlink(missing_ok=True)
+        if resume and state is not None:
+            return "resume"
+        self.events.unlink(missing_ok=True)
+        return "nothing-to-resume" if resume else "fresh"
+
     # paths
     def round_checkpoint(self, rnd: int) -> Path:
         return self.root / f"round_{rnd:03d}.pt"

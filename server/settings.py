@@ -7,12 +7,14 @@ the three in step. Simulation passes an empty run config, hence the defaults her
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from typing import Any
 
+from mammo_fl.common.federation.round_config import coerce_value, finetune_from_keys, finetune_to_keys
+from mammo_fl.common.federation.strategies import check_strategy
+from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
-
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi")
 
 
 @dataclass(frozen=True)
@@ -23,16 +25,10 @@ class FederationSettings:
     min_sites: int = 2
     start_sites: int = 0  # sites to wait for before round 1 (0 = min-sites); after site-wait-timeout min-sites do
     strategy: str = "fedavg"
-    proximal_mu: float = 0.01  # used by fedprox only
     fedbn: bool = False
-    # local fine-tuning (paper: Adam, lr 1e-5, weight decay 0.01)
-    local_epochs: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    batch_size: int = 2
-    max_steps: int = 0  # 0 = whole epochs
-    augment: bool = True
-    seed: int = 0
+    # local fine-tuning hyperparameters (run-config keys: common/federation/round_config.FINETUNE_KEYS);
+    # `proximal-mu` is sent to the sites only with strategy fedprox
+    finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(proximal_mu=0.01))
     val_fraction: float = 0.2
     device: str = "auto"
     num_threads: int = 0  # 0 = torch default
@@ -66,19 +62,26 @@ class FederationSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = cls.key_of(f.name)
-            if key not in run_config:
+            if f.name == "finetune" or key not in run_config:
                 continue
-            values[f.name] = _coerce(key, run_config[key], f.default)
+            values[f.name] = coerce_value(key, run_config[key], f.default)
+        values["finetune"] = finetune_from_keys(run_config, cls().finetune)
         settings = cls(**values)
         settings.check()
         return settings
 
     def to_run_config(self) -> dict[str, Any]:
-        return {self.key_of(k): v for k, v in asdict(self).items()}
+        out = {self.key_of(f.name): getattr(self, f.name) for f in fields(self) if f.name != "finetune"}
+        out.update(finetune_to_keys(self.finetune))
+        return out
+
+    def site_finetune(self) -> FineTuneConfig:
+        """The hyperparameters sent to the sites: FedProx's mu only with strategy fedprox."""
+        mu = self.finetune.proximal_mu if self.strategy == "fedprox" else 0.0
+        return dataclasses.replace(self.finetune, proximal_mu=mu)
 
     def check(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy {self.strategy!r} unknown; choose one of {', '.join(STRATEGIES)}")
+        check_strategy(self.strategy)
         if self.num_server_rounds < 1:
             raise ConfigError("num-server-rounds must be >= 1")
         if self.min_sites < 1:
@@ -90,20 +93,3 @@ class FederationSettings:
         if self.round_timeout <= 0 or self.site_wait_timeout <= 0:
             raise ConfigError("round-timeout and site-wait-timeout must be > 0 (Flower would wait forever)")
 
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Flower run-config values are TOML scalars; make ints/floats/bools match the field type."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"run config {key}={value!r}: expected {type(default).__name__}") from None

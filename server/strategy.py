@@ -33,16 +33,11 @@ def build_strategy(s: FederationSettings) -> Any:
     if s.strategy == "fedavg":
         return fs.FedAvg(**common)
     if s.strategy == "fedprox":
-        return fs.FedProx(proximal_mu=s.proximal_mu, **common)
+        return fs.FedProx(proximal_mu=s.finetune.proximal_mu, **common)
     opt = dict(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
     if s.strategy == "fedadam":
         return fs.FedAdam(**common, **opt)
     return fs.FedYogi(**common, **opt)
-
-
-def proximal_mu(s: FederationSettings) -> float:
-    """The mu the sites must use (FedProx only sends it; the site adds the term to its loss)."""
-    return float(s.proximal_mu) if s.strategy == "fedprox" else 0.0
 
 
 def _is_float(a: np.ndarray) -> bool:

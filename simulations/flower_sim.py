@@ -1,15 +1,14 @@
 """Run the deployment's ServerApp and ClientApp on Flower's Simulation Engine (Ray).
 
 This follows the path `flwr run` takes for a local simulation (the `flwr-simulation`
-process calls `flwr.simulation.run_simulation._run_simulation` with the app directory
+process runs the simulation in-process with the app directory
 and a fused run config), but in this process, so that:
 - the run config reaches the ServerApp *and* every ClientApp (the public
-  `run_simulation()` passes an empty run config, see reference §12.4);
+  `run_simulation()` passes an empty run config);
 - Ray start-up can be timed apart from the federated rounds;
 - nothing detached (local SuperLink, `flwr-simulation` zombies) outlives the call.
 
-`_run_simulation` is private in flwr 1.42; pyproject pins flwr to 1.42.x and
-`check_flower_version()` refuses anything else with a clear message.
+The private Flower names this needs live in common/federation/flower_private.py.
 """
 
 from __future__ import annotations
@@ -21,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mammo_fl.common.federation.flower_private import (
+    check_flower_version,
+    fused_run_config,
+    run_simulation_in_process,
+)
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 
 log = logging.getLogger(__name__)
@@ -39,13 +43,6 @@ class SimulationTiming:
     @property
     def after_init(self) -> float:
         return max(0.0, self.total - self.ray_init)
-
-
-def check_flower_version() -> None:
-    import flwr
-
-    if not flwr.__version__.startswith("1.42."):
-        raise ConfigError(f"mammo-sim needs flwr 1.42.x (installed: {flwr.__version__})")
 
 
 def backend_config(num_sites: int, num_cpus: float, num_gpus: float, ray_num_cpus: int, object_store_mb: int) -> dict:
@@ -69,16 +66,6 @@ def backend_config(num_sites: int, num_cpus: float, num_gpus: float, ray_num_cpu
     return {"client_resources": {"num_cpus": float(num_cpus), "num_gpus": float(num_gpus)}, "init_args": init_args}
 
 
-def _fused_run_config(app_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The app's default run config with overrides; unknown keys are an error, as with `flwr run`."""
-    from flwr.common.config import get_fused_config_from_dir
-
-    try:
-        return dict(get_fused_config_from_dir(app_dir, overrides))
-    except ValueError as exc:
-        raise ConfigError(f"run config for {app_dir}: {exc}") from None
-
-
 def _init_ray(config: dict[str, Any], threads_per_site: int) -> float:
     """Start Ray ourselves (Flower reuses an initialised Ray) and return the seconds it took."""
     import ray
@@ -91,9 +78,8 @@ def _init_ray(config: dict[str, Any], threads_per_site: int) -> float:
     if ray.is_initialized():
         ray.shutdown()
     start = time.perf_counter()
-    pythonpath = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", ""), str(APP_DIR.parent.parent)] if p)
     ray.init(
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads_per_site)}},
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads_per_site)}},
         logging_level=logging.WARNING,
         log_to_driver=True,
         **config["init_args"],
@@ -101,7 +87,7 @@ def _init_ray(config: dict[str, Any], threads_per_site: int) -> float:
     return time.perf_counter() - start
 
 
-def run_federation(
+def simulate_federation(
     run_config: dict[str, Any], num_sites: int, backend: dict[str, Any], app_dir: Path = APP_DIR
 ) -> SimulationTiming:
     """Run one federated fine-tuning with `num_sites` virtual SuperNodes; blocks until done.
@@ -110,47 +96,20 @@ def run_federation(
     surface as MammoError.
     """
     check_flower_version()
-    from flwr.app import Context, RecordDict
-    from flwr.simulation.run_simulation import _run_simulation
-    from flwr.common.constant import SUPERLINK_NODE_ID
-    from flwr.supercore.constant import NOOP_FEDERATION_ID
-    from flwr.supercore.run import Run
-    from flwr.supercore.task_identity import TaskIdentity
-    from flwr.supercore.telemetry import EventType
-
-    from mammo_fl.client.app import app as mammo_fl.client_app
-    from mammo_fl.server.app import app as mammo_fl.server_app
+    from mammo_fl.client.app import app as client_app
+    from mammo_fl.server.app import app as server_app
 
     if not (app_dir / "pyproject.toml").is_file():
         raise ConfigError(f"Flower app not found: {app_dir}/pyproject.toml")
-    fused = _fused_run_config(app_dir, run_config)
+    fused_run_config(app_dir, run_config)  # unknown keys fail here, before Ray starts
     _quiet_logs()
     threads = max(1, int(backend["client_resources"]["num_cpus"]))
     timing = SimulationTiming()
     start = time.perf_counter()
     timing.ray_init = _init_ray(backend, threads)
-    # The same Run set-up run_simulation() makes, plus the override config.
-    run = Run.create_empty(run_id=_random_id())
-    run.primary_task_id = _random_id()
-    run.federation_id = NOOP_FEDERATION_ID
-    run.override_config = dict(run_config)
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run.run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
-    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
     try:
-        _run_simulation(
-            num_supernodes=num_sites,
-            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-            client_app=client_app,
-            server_app=server_app,
-            backend_name="ray",
-            backend_config=backend,
-            server_app_context=context,
-            app_dir=str(app_dir),
-            run=run,
-            is_app=True,  # node contexts get the fused run config from app_dir + run.override_config
-        )
+        run_simulation_in_process(num_supernodes=num_sites, client_app=client_app, server_app=server_app,
+                                  backend_config=backend, app_dir=app_dir, run_config=run_config)
     except MammoError:
         raise
     except Exception as exc:  # noqa: BLE001 - Flower wraps app failures in RuntimeError
@@ -167,10 +126,6 @@ def _quiet_logs() -> None:
     logging.getLogger("flwr").propagate = False
     for name in ("alembic", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _random_id() -> int:
-    return int.from_bytes(os.urandom(7), "big")
 
 
 def _shutdown_ray() -> None:

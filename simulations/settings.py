@@ -11,11 +11,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mammo_fl.common.federation.strategies import check_strategy
+from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.simulations.partition import SCHEMES
 from mammo_fl.simulations.results import METHODS
-
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedbn")  # fedbn = FedAvg keeping BN at sites
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,46 @@ class SourceSettings:
 
 @dataclass(frozen=True)
 class FineTuneSettings:
+    """[finetune]: the federated schedule and each party's local training (the one FineTuneConfig).
+
+    TOML keys: rounds, strategy, fedbn, local_epochs (= FineTuneConfig.epochs per round) and the
+    other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment, max_steps).
+    """
+
     rounds: int = 3
-    local_epochs: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    batch_size: int = 2
-    proximal_mu: float = 0.0
     strategy: str = "fedavg"
-    augment: bool = True
-    max_steps: int = 0  # 0 = no cap (a cap is for tests)
+    fedbn: bool = False  # keep BatchNorm at the sites (FedBN), with any strategy
+    local: FineTuneConfig = field(default_factory=FineTuneConfig)
+
+    @property
+    def local_epochs(self) -> int:
+        return self.local.epochs
+
+    @property
+    def lr(self) -> float:
+        return self.local.lr
 
     @property
     def total_epochs(self) -> int:
         """Pooled and single-site runs get the same epochs as rounds x local epochs (equal compute)."""
-        return self.rounds * self.local_epochs
+        return self.rounds * self.local.epochs
+
+    @classmethod
+    def from_section(cls, raw: dict[str, Any]) -> FineTuneSettings:
+        raw = dict(raw)
+        schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn") if k in raw}
+        if "local_epochs" in raw:
+            raw["epochs"] = raw.pop("local_epochs")
+        allowed = {"epochs", "lr", "weight_decay", "batch_size", "proximal_mu", "augment", "max_steps"}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [finetune]: {', '.join(unknown)}")
+        raw["max_steps"] = raw.get("max_steps") or None  # 0 = no cap (a cap is for tests)
+        try:
+            local = FineTuneConfig.from_dict(raw)
+        except TypeError as exc:
+            raise ConfigError(f"[finetune]: {exc}") from None
+        return cls(local=local, **schedule)
 
 
 @dataclass(frozen=True)
@@ -98,10 +124,15 @@ class SimSettings:
         return asdict(self)
 
 
-def _section(config: dict[str, Any], name: str, cls: type) -> Any:
+def _table(config: dict[str, Any], name: str) -> dict[str, Any]:
     raw = config.get(name, {})
     if not isinstance(raw, dict):
         raise ConfigError(f"config section [{name}] must be a table")
+    return raw
+
+
+def _section(config: dict[str, Any], name: str, cls: type) -> Any:
+    raw = _table(config, name)
     known = set(cls.__dataclass_fields__)
     unknown = set(raw) - known
     if unknown:
@@ -127,7 +158,7 @@ def parse_settings(config: dict[str, Any], preset: str = "") -> SimSettings:
         experiment=_section(config, "experiment", ExperimentSettings),
         target=_section(config, "target", TargetSettings),
         source=_section(config, "source", SourceSettings),
-        finetune=_section(config, "finetune", FineTuneSettings),
+        finetune=FineTuneSettings.from_section(_table(config, "finetune")),
         flower=_section(config, "flower", FlowerSettings),
         preset=preset,
     )
@@ -141,13 +172,10 @@ def parse_settings(config: dict[str, Any], preset: str = "") -> SimSettings:
         raise ConfigError(f"experiment.methods must be taken from {', '.join(METHODS)}; got {exp.methods!r}")
     if exp.partition not in SCHEMES:
         raise ConfigError(f"experiment.partition must be one of {', '.join(SCHEMES)}, got {exp.partition!r}")
-    if ft.strategy not in STRATEGIES:
-        raise ConfigError(f"finetune.strategy must be one of {', '.join(STRATEGIES)}, got {ft.strategy!r}")
-    for name in ("rounds", "local_epochs", "batch_size"):
-        if not isinstance(getattr(ft, name), int) or getattr(ft, name) < 1:
-            raise ConfigError(f"finetune.{name} must be a positive integer, got {getattr(ft, name)!r}")
-    if ft.lr <= 0:
-        raise ConfigError(f"finetune.lr must be positive, got {ft.lr}")
+    check_strategy(ft.strategy, "finetune.strategy")
+    for name, value in (("rounds", ft.rounds), ("local_epochs", ft.local.epochs), ("batch_size", ft.local.batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"finetune.{name} must be a positive integer, got {value!r}")
     if not isinstance(settings.source.overrides, list):
         raise ConfigError("source.overrides must be a list of 'key=value' strings")
     return settings

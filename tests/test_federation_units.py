@@ -14,7 +14,7 @@ import tomllib
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.common.evaluation.metrics import auc, score_histograms
-from mammo_fl.server.pooled_metrics import summarize
+from mammo_fl.server.pooled_metrics import pool_histograms
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
 from mammo_fl.server.validate import ArraySpec, Screened, check_arrays, screen
@@ -112,7 +112,7 @@ def test_fedavg_weights_by_examples_and_keeps_dtypes():
 
 def test_aggregation_does_not_depend_on_reply_order():
     """Replies are deduplicated and ordered by site name, so FedAvg's float sums are bit-identical."""
-    from mammo_fl.server.federation import _dedupe_sites
+    from mammo_fl.server.round_loop import _dedupe_sites
 
     rng = np.random.default_rng(0)
     replies = [Screened(i, f"site_{i}", {"w": rng.normal(size=(64,)).astype(np.float32)},
@@ -156,7 +156,7 @@ def test_pooled_auc_from_site_histograms_matches_concatenated_scores():
         sites.append(Screened(0, name, None, metrics))
         all_y.append(y)
         all_s.append(s)
-    summary = summarize(sites, 1000, 0.5)
+    summary = pool_histograms(sites, 1000, 0.5)
     y, s = np.concatenate(all_y), np.concatenate(all_s)
     assert summary.pooled_auc == pytest.approx(auc(y, s), abs=2e-3)
     assert summary.n_pos == int(y.sum()) and set(summary.site_auc) == {"a", "b", "c"}

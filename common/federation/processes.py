@@ -128,6 +128,24 @@ def stop_daemon(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
     _signal_all([p for p in tree if _alive(p)], signal.SIGKILL)
 
 
+def stop_stale_process(pid: int, name: str, grace_s: float = 10.0) -> bool:
+    """SIGTERM (then SIGKILL) process `pid` if its command line contains `name`; True when it was stopped.
+
+    Used for a Flower helper of a killed launch that outlived its parent."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    if name not in cmdline:
+        return False
+    _signal_all([pid], signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    _signal_all([pid] if _alive(pid) else [], signal.SIGKILL)
+    return True
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """`host:port` -> (host, port) with a one-line error on nonsense."""
     host, sep, port = address.rpartition(":")

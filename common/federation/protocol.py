@@ -79,10 +79,10 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
 
 def recorddict_nbytes(content: Any) -> int:
     """Bytes of a reply as Flower serialises it (all nested objects), or the array bytes as fallback."""
-    try:
-        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from mammo_fl.common.federation.flower_private import serialized_size
 
-        return int(sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values()))
+    try:
+        return serialized_size(content)
     except Exception:  # noqa: BLE001 - internal Flower API; fall back to a close estimate
         total = 0
         for rec in content.array_records.values():

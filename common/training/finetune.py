@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -18,45 +17,10 @@ from torch.utils.data import Dataset
 
 from mammo_fl.common.training.augment import AugmentSettings, BatchAugmenter
 from mammo_fl.common.training.datasets import preload_if_small, split_augmentation
+from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.device import make_grad_scaler, seed_everything
-from mammo_fl.common.utils.errors import ConfigError, MammoError
+from mammo_fl.common.utils.errors import MammoError
 from mammo_fl.common.training.loops import ProximalTerm, make_loader, needs_drop_last, run_epoch, trainable_parameters
-
-
-@dataclass
-class FineTuneConfig:
-    epochs: int = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.01
-    batch_size: int = 2
-    proximal_mu: float = 0.0
-    augment: bool = True
-    num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None
-    class_balance: bool = True
-    preload_max_mb: float = 1024.0  # datasets smaller than this are held in RAM
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> FineTuneConfig:
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown fine-tuning setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ConfigError("fine-tuning needs epochs >= 0 and batch_size >= 1 "
-                              f"(got {self.epochs}, {self.batch_size})")
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.proximal_mu >= 0):
-            raise ConfigError("fine-tuning needs lr > 0, weight_decay >= 0, proximal_mu >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: torch.device | str,

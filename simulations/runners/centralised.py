@@ -7,28 +7,25 @@ on the fixed validation set.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pandas as pd
 
+from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.device import seed_everything
 from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, score_model
 from mammo_fl.simulations.settings import FineTuneSettings
 
 
-def finetune_config(ft: FineTuneSettings, seed: int, epochs: int | None = None):
-    """The FineTuneConfig shared by pooled, single-site and (through the run config) federated runs."""
-    from mammo_fl.common.training.finetune import FineTuneConfig
-
-    return FineTuneConfig(
-        epochs=ft.total_epochs if epochs is None else epochs,
-        lr=ft.lr,
-        weight_decay=ft.weight_decay,
-        batch_size=ft.batch_size,
+def finetune_config(ft: FineTuneSettings, seed: int) -> FineTuneConfig:
+    """A single party's training: the sites' local settings over rounds x local epochs (equal compute)."""
+    return dataclasses.replace(
+        ft.local,
+        epochs=ft.total_epochs,
         proximal_mu=0.0,  # a single party has no global model to stay close to
-        augment=ft.augment,
         seed=seed,
-        max_steps=(ft.max_steps * ft.rounds) if ft.max_steps else None,
+        max_steps=(ft.local.max_steps * ft.rounds) if ft.local.max_steps else None,
     )
 
 
@@ -47,6 +44,6 @@ def run_finetuned(data: ExperimentData, images: pd.DataFrame, ft: FineTuneSettin
     start = time.perf_counter()
     seed_everything(seed)
     model = load_model(data.source_model, data.device)
-    dataset = WholeImageDataset(images, data.cache, mean=data.mean, augment=ft.augment, seed=seed)
+    dataset = WholeImageDataset(images, data.cache, mean=data.mean, augment=ft.local.augment, seed=seed)
     finetune(model, dataset, finetune_config(ft, seed), data.device)
     return score_model(model, data), time.perf_counter() - start

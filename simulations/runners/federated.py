@@ -8,13 +8,15 @@ the same code as the other arms.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from mammo_fl.simulations.flower_sim import backend_config, run_federation
+from mammo_fl.common.federation.round_config import finetune_to_keys
+from mammo_fl.simulations.flower_sim import backend_config, simulate_federation
 from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, score_model
 from mammo_fl.simulations.settings import FineTuneSettings, SimSettings
 from mammo_fl.simulations.sites import materialise_sites
@@ -29,16 +31,9 @@ def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Pa
         "initial-model": str(source),
         "num-server-rounds": ft.rounds,
         "min-sites": k,
-        "strategy": "fedavg" if ft.strategy == "fedbn" else ft.strategy,
-        "proximal-mu": float(ft.proximal_mu),
-        "fedbn": ft.strategy == "fedbn",
-        "local-epochs": ft.local_epochs,
-        "lr": float(ft.lr),
-        "weight-decay": float(ft.weight_decay),
-        "batch-size": ft.batch_size,
-        "max-steps": ft.max_steps,
-        "augment": bool(ft.augment),
-        "seed": seed,
+        "strategy": ft.strategy,
+        "fedbn": ft.fedbn,
+        **finetune_to_keys(dataclasses.replace(ft.local, seed=seed)),
         "device": device,
         "num-threads": threads,
         "round-timeout": float(round_timeout),
@@ -79,7 +74,7 @@ def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_
         settings.finetune, k, seed, sites_dir, run_dir, data.source_model, device,
         threads=max(1, int(fl.client_num_cpus)), round_timeout=fl.round_timeout_s,
     )
-    timing = run_federation(run_config, k, backend)
+    timing = simulate_federation(run_config, k, backend)
     final = run_dir / "final.pt"
     if not final.is_file():
         raise MammoError(f"federated run wrote no final model ({final}); see {run_dir}")

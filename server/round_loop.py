@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import ConfigError, MammoError
-from mammo_fl.server.pooled_metrics import check_bins, summarize
+from mammo_fl.server.pooled_metrics import check_bins, pool_histograms
 from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
 from mammo_fl.server.global_model import GlobalModel
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.settings import FederationSettings
-from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, proximal_mu, save_strategy_state
+from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
 from mammo_fl.server.validate import Rejected, Screened, expected_specs, screen
 
 LOG = logging.getLogger("mammo.server")
@@ -42,7 +43,9 @@ def _log(msg: str, *args: Any) -> None:
 
 
 @dataclass
-class Context:
+class RoundContext:
+    """What one launch of the round loop works with."""
+
     grid: Any
     settings: FederationSettings
     rundir: RunDir
@@ -58,7 +61,8 @@ def federation_id(out_dir: str) -> str:
     return hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
 
 
-def run_federation(grid: Any, settings: FederationSettings, run_id: int) -> None:
+def run_round_loop(grid: Any, settings: FederationSettings, run_id: int) -> None:
+    """The coordinator's whole run: rounds, checkpoints, status; a failure is recorded, then raised."""
     if not settings.out_dir:
         raise ConfigError("run config out-dir is empty: the coordinator needs a run folder")
     rundir = RunDir(settings.out_dir, settings.launch_id)
@@ -93,7 +97,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         for stale in (rundir.state_file, rundir.metrics_json):
             stale.unlink(missing_ok=True)
         first = 1
-    ctx = Context(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays))
@@ -120,55 +124,44 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
     _log("Federation finished: %d rounds, final model %s", last, rundir.final)
 
 
-def _config(ctx: Context, rnd: int) -> Any:
-    from flwr.app import ConfigRecord
-
+def _round_config(ctx: RoundContext, rnd: int) -> Any:
     s = ctx.settings
-    return ConfigRecord(
-        {
-            "server-round": rnd,
-            "fed-id": ctx.fed_id,
-            "model-kind": ctx.model.kind,
-            "model-spec": P.dumps(ctx.model.model_spec),
-            "preprocessing": P.dumps(ctx.model.preprocessing),
-            "local-epochs": s.local_epochs,
-            "lr": s.lr,
-            "weight-decay": s.weight_decay,
-            "batch-size": s.batch_size,
-            "max-steps": s.max_steps,
-            "augment": s.augment,
-            "seed": s.seed,
-            "val-fraction": s.val_fraction,
-            "proximal-mu": proximal_mu(s),
-            "fedbn": s.fedbn,
-            "device": s.device,
-            "num-threads": s.num_threads,
-            "tta": s.tta,
-            "hist-bins": s.hist_bins,
-        }
-    )
+    return RoundConfig(
+        server_round=rnd,
+        fed_id=ctx.fed_id,
+        model_kind=ctx.model.kind,
+        model_spec=ctx.model.model_spec,
+        preprocessing=ctx.model.preprocessing,
+        finetune=s.site_finetune(),
+        val_fraction=s.val_fraction,
+        fedbn=s.fedbn,
+        device=s.device,
+        num_threads=s.num_threads,
+        tta=s.tta,
+        hist_bins=s.hist_bins,
+    ).to_record()
 
 
-def _content(ctx: Context, rnd: int) -> Any:
+def _content(ctx: RoundContext, rnd: int) -> Any:
     from flwr.app import RecordDict
 
-    return RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(ctx.model.arrays), P.CONFIG: _config(ctx, rnd)})
+    return RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(ctx.model.arrays), P.CONFIG: _round_config(ctx, rnd)})
 
 
-def _report_missing(ctx: Context, rnd: int, kind: str, col: Collected) -> None:
+def _report_missing(ctx: RoundContext, rnd: int, kind: str, col: Collected) -> None:
     for node in col.timed_out:
         ctx.rundir.event("site_missing", round=rnd, kind=kind, node=node, reason="no reply before round-timeout")
     for node in col.left:
         ctx.rundir.event("site_missing", round=rnd, kind=kind, node=node, reason="site disconnected")
 
 
-def _report_rejected(ctx: Context, rnd: int, kind: str, rejected: list[Rejected]) -> None:
+def _report_rejected(ctx: RoundContext, rnd: int, kind: str, rejected: list[Rejected]) -> None:
     for rej in rejected:
         ctx.rundir.event("site_rejected", round=rnd, kind=kind, site=rej.site, node=rej.node, reason=rej.reason)
         _log("Round %d %s: rejected %s: %s", rnd, kind, rej.site, rej.reason)
 
 
-def _train_round(ctx: Context, rnd: int) -> dict[str, Any]:
+def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
     from flwr.app import MessageType
 
     s = ctx.settings
@@ -221,7 +214,7 @@ def _train_round(ctx: Context, rnd: int) -> dict[str, Any]:
     return row
 
 
-def _wait_for_round(ctx: Context, rnd: int, first_round: bool) -> list[int]:
+def _wait_for_round(ctx: RoundContext, rnd: int, first_round: bool) -> list[int]:
     """Online nodes once enough sites are connected (start-sites before the first round of a launch)."""
     s = ctx.settings
     need = max(s.start_sites, s.min_sites) if first_round else s.min_sites
@@ -255,13 +248,13 @@ def _dedupe_sites(accepted: list[Screened]) -> tuple[list[Screened], list[Reject
     return sorted(keep, key=lambda rep: rep.site), dup
 
 
-def _evaluate(ctx: Context, rnd: int) -> tuple[list[Screened], Any]:
+def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
     from flwr.app import MessageType
 
     s = ctx.settings
     nodes = online_nodes(ctx.grid)
     if not nodes:
-        return [], summarize([], s.hist_bins, s.threshold)
+        return [], pool_histograms([], s.hist_bins, s.threshold)
     col = exchange(ctx.grid, nodes, MessageType.EVALUATE, _content(ctx, rnd), f"eval-{rnd}", s.round_timeout)
     _report_missing(ctx, rnd, "evaluate", col)
     accepted, rejected = screen(col.replies, False, None)
@@ -269,10 +262,10 @@ def _evaluate(ctx: Context, rnd: int) -> tuple[list[Screened], Any]:
     accepted, bad_bins = check_bins(accepted, s.hist_bins)
     rejected = rejected + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
     _report_rejected(ctx, rnd, "evaluate", rejected)
-    return accepted, summarize(accepted, s.hist_bins, s.threshold)
+    return accepted, pool_histograms(accepted, s.hist_bins, s.threshold)
 
 
-def _evaluation_row(ctx: Context, rnd: int, evaluation: tuple[list[Screened], Any]) -> dict[str, Any]:
+def _evaluation_row(ctx: RoundContext, rnd: int, evaluation: tuple[list[Screened], Any]) -> dict[str, Any]:
     accepted, summary = evaluation
     row: dict[str, Any] = {
         "round": rnd,

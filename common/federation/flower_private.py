@@ -1,0 +1,110 @@
+"""Every private Flower name mammo-fl touches, in one place, pinned to flwr 1.42.x.
+
+Flower 1.42 has no public hook for these needs:
+- an in-process simulation whose ServerApp *and* ClientApps get the run config
+  (`flwr.simulation.run_simulation._run_simulation`; the public `run_simulation()` passes an
+  empty run config) and whose Ray start-up we time and shut down ourselves;
+- a longer SQLite busy timeout for the SuperLink's state DB (`flwr.supercore.sql_mixin.SQLITE_PRAGMAS`):
+  5 s is too short on a loaded coordinator and a site's reply is then lost with HTTP 500;
+- the serialised size of a message (`flwr.supercore.inflatable...get_all_nested_objects`).
+
+pyproject pins flwr to 1.42.x; `check_flower_version()` refuses another release with one line, and
+tests/test_flower_private.py fails loudly when a name below disappears.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from mammo_fl.common.utils.errors import ConfigError
+
+SUPPORTED_FLOWER = "1.42."
+
+# (module, attribute) of every private or internal name used below.
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("flwr.simulation.run_simulation", "_run_simulation"),
+    ("flwr.common.constant", "SUPERLINK_NODE_ID"),
+    ("flwr.supercore.constant", "NOOP_FEDERATION_ID"),
+    ("flwr.supercore.run", "Run"),
+    ("flwr.supercore.task_identity", "TaskIdentity"),
+    ("flwr.supercore.telemetry", "EventType"),
+    ("flwr.supercore.sql_mixin", "SQLITE_PRAGMAS"),
+    ("flwr.supercore.inflatable.inflatable_object", "get_all_nested_objects"),
+    ("flwr.common.config", "get_fused_config_from_dir"),
+)
+
+
+def check_flower_version() -> None:
+    """One-line refusal on a Flower release whose private names were not checked."""
+    import flwr
+
+    if not flwr.__version__.startswith(SUPPORTED_FLOWER):
+        raise ConfigError(f"mammo-fl needs flwr {SUPPORTED_FLOWER}x (installed: {flwr.__version__})")
+
+
+def resolve(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def patch_sqlite_busy_timeout(ms: int) -> None:
+    """Make the SuperLink's SQLite writes wait `ms` for a lock instead of failing after 5 s."""
+    sql_mixin = importlib.import_module("flwr.supercore.sql_mixin")
+    sql_mixin.SQLITE_PRAGMAS = tuple(
+        (name, str(ms)) if name == "busy_timeout" else (name, value) for name, value in sql_mixin.SQLITE_PRAGMAS
+    )
+
+
+def serialized_size(content: Any) -> int:
+    """Bytes of a RecordDict as Flower sends it (all nested objects)."""
+    nested = resolve("flwr.supercore.inflatable.inflatable_object", "get_all_nested_objects")
+    return int(sum(len(obj.deflate()) for obj in nested(content).values()))
+
+
+def fused_run_config(app_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The app's default run config with overrides; unknown keys are an error, as with `flwr run`."""
+    try:
+        return dict(resolve("flwr.common.config", "get_fused_config_from_dir")(app_dir, overrides))
+    except ValueError as exc:
+        raise ConfigError(f"run config for {app_dir}: {exc}") from None
+
+
+def _random_id() -> int:
+    return int.from_bytes(os.urandom(7), "big")
+
+
+def run_simulation_in_process(
+    *, num_supernodes: int, client_app: Any, server_app: Any, backend_config: dict[str, Any],
+    app_dir: Path, run_config: dict[str, Any],
+) -> None:
+    """What the `flwr-simulation` process does for `flwr run` on a local federation, in this process.
+
+    Node contexts get the app's fused run config plus `run_config`; the ServerApp gets the same.
+    """
+    from flwr.app import Context, RecordDict
+
+    run_cls = resolve("flwr.supercore.run", "Run")
+    task_identity = resolve("flwr.supercore.task_identity", "TaskIdentity")
+    run = run_cls.create_empty(run_id=_random_id())
+    run.primary_task_id = _random_id()
+    run.federation_id = resolve("flwr.supercore.constant", "NOOP_FEDERATION_ID")
+    run.override_config = dict(run_config)
+    task_identity.task_id = 1
+    task_identity.run_id = run.run_id
+    task_identity.node_id = resolve("flwr.common.constant", "SUPERLINK_NODE_ID")
+    fused = fused_run_config(app_dir, run_config)
+    context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
+    resolve("flwr.simulation.run_simulation", "_run_simulation")(
+        num_supernodes=num_supernodes,
+        exit_event=resolve("flwr.supercore.telemetry", "EventType").PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config,
+        server_app_context=context,
+        app_dir=str(app_dir),
+        run=run,
+        is_app=True,
+    )

@@ -1,0 +1,120 @@
+"""What the coordinator sees in its terminal: one line per round and event, read from the ServerApp's events.
+
+The ServerApp runs in a process of Flower's; it appends events to RUNDIR/events.jsonl and writes
+RUNDIR/status.json. `follow_run` tails them until the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mammo_fl.server.rundir import RunDir
+
+START_TIMEOUT_S = 600.0  # the ServerApp must report "started" within this (slow on a loaded machine)
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Table:
+    """Turns ServerApp events into console lines a coordinator can read."""
+
+    def __init__(self) -> None:
+        self.header_done = False
+
+    def line(self, ev: dict[str, Any]) -> str | None:
+        kind = ev.get("event")
+        if kind == "started":
+            return (f"run {ev.get('run_id')}: rounds {ev.get('first_round')}..{ev.get('rounds')}, "
+                    f"strategy {ev.get('strategy')}, min-sites {ev.get('min_sites')}")
+        if kind == "resumed":
+            return (f"resuming after round {ev.get('completed_round')} "
+                    f"({ev.get('strategy_arrays')} strategy arrays restored)")
+        if kind == "waiting":
+            return f"  round {ev.get('round')}: waiting for sites ({ev.get('connected')}/{ev.get('need')} connected)"
+        if kind == "round_retry":
+            return (f"  round {ev.get('round')}: only {ev.get('valid')} valid update(s), need {ev.get('need')}; "
+                    "retrying the round")
+        if kind in ("site_rejected", "site_missing"):
+            who = ev.get("site") or f"node-{ev.get('node')}"
+            return f"  ! round {ev.get('round')} {ev.get('kind')}: {who}: {ev.get('reason')}"
+        if kind == "round_end":
+            out = []
+            if not self.header_done:
+                out.append(f"{'round':>5} {'pooled AUC':>10} {'sites':>5} {'sens':>6} {'spec':>6} "
+                           f"{'loss':>8} {'secs':>7}  per-site AUC")
+                self.header_done = True
+            sites = " ".join(f"{k[4:]}={_fmt(v)}" for k, v in sorted(ev.items()) if k.startswith("auc_"))
+            out.append(f"{ev['round']:>5} {_fmt(ev.get('pooled_auc')):>10} {ev.get('sites', 0):>5} "
+                       f"{_fmt(ev.get('sens'), 2):>6} {_fmt(ev.get('spec'), 2):>6} "
+                       f"{_fmt(ev.get('train_loss')):>8} {_fmt(ev.get('round_seconds'), 1):>7}  {sites}")
+            return "\n".join(out)
+        if kind == "failed":
+            return f"run failed: {ev.get('reason')}"
+        return None
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{float(v):.{digits}f}"
+
+
+def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen) -> dict[str, Any]:
+    """Print events until the run ends; return status.json (or a synthetic failure)."""
+    table = Table()
+    offset = rundir.events.stat().st_size if rundir.events.exists() else 0  # --resume: only new events
+    started_at = time.monotonic()
+    seen_start = False
+    while True:
+        if rundir.events.exists():
+            with open(rundir.events, encoding="utf-8") as fh:
+                fh.seek(offset)
+                for raw in fh:
+                    if not raw.endswith("\n"):
+                        break
+                    offset += len(raw.encode())
+                    ev = json.loads(raw)
+                    if ev.get("launch_id") != rundir.launch_id:
+                        continue  # a stale ServerApp of an earlier (killed) launch
+                    seen_start |= ev.get("event") in ("started", "failed")
+                    text = table.line(ev)
+                    if text:
+                        say(text)
+        status = _read_status(rundir)
+        if status and status.get("launch_id") != rundir.launch_id:
+            status = None
+        if status and status.get("status") in ("completed", "failed"):
+            return status
+        if superlink.poll() is not None:
+            return {"status": "failed", "reason": f"SuperLink exited with status {superlink.returncode}"}
+        if flwr_run.poll() is not None and not (status and status.get("status") == "running"):
+            if flwr_run.returncode != 0 or seen_start:
+                return {"status": "failed", "reason": "the run ended without a result"}
+        if not seen_start and time.monotonic() - started_at > START_TIMEOUT_S:
+            return {"status": "failed", "reason": f"the ServerApp did not start within {START_TIMEOUT_S:.0f} s"}
+        time.sleep(0.5)
+
+
+def _read_status(rundir: RunDir) -> dict[str, Any] | None:
+    try:
+        return json.loads(rundir.status_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def last_error_line(log: Path) -> str:
+    try:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # colour codes
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln]
+    return errors[-1][:300] if errors else ""

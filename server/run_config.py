@@ -1,0 +1,45 @@
+"""The run config a coordinator launch sends: preset <- --config file <- --set <- explicit flags.
+
+Written as a TOML file for `flwr run --run-config FILE`; every key must be declared in the
+Flower app's server/flower_app/pyproject.toml (`flwr run` refuses others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from mammo_fl.common.utils.config import PRESET_DIR, apply_overrides, load_toml
+from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.server.settings import FederationSettings
+
+
+def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
+    """The launch's run config (validated); unknown keys are errors."""
+    config = load_toml(PRESET_DIR / "federation.toml")
+    if args.config is not None:
+        if not args.config.is_file():
+            raise ConfigError(f"config file not found: {args.config}")
+        for key, value in load_toml(args.config).items():
+            if key not in config:
+                raise ConfigError(f"{args.config}: unknown federation setting {key!r}")
+            config[key] = value
+    config = apply_overrides(config, args.overrides)
+    config["initial-model"] = str(args.model.resolve())
+    config["out-dir"] = str(rundir)
+    config["resume"] = bool(args.resume)
+    config["launch-id"] = uuid.uuid4().hex[:12]
+    if args.rounds is not None:
+        config["num-server-rounds"] = args.rounds
+    if args.min_sites is not None:
+        config["min-sites"] = args.min_sites
+    FederationSettings.from_run_config(config)  # validates types and ranges
+    return config
+
+
+def write_run_config(config: dict[str, Any], path: Path) -> None:
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
