@@ -54,7 +54,8 @@ def make_cached_dataset(workdir: Path, images: int, size: tuple[int, int]):
     """Synthetic manifest site (engineer B's generator) -> ImageCache PNGs, built once and reused
     from `workdir` (not timed)."""
     from mammo_fl.common.imaging.adapters.manifest import read_manifest
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache
+    from mammo_fl.common.imaging.geometry import PreprocessSettings
     from mammo_fl.common.synth import generate_dataset
 
     patients = max(2, (images + 3) // 4)

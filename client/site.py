@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
 STATE_SUBDIR = ".mammo-fl"
@@ -113,9 +114,8 @@ def load_or_make_split(site: SiteInfo, images: Any, val_fraction: float, seed: i
         saved.update(fresh)
         site.state_dir.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame(sorted(saved.items()), columns=["patient_id", "split"])
-        tmp = path.with_suffix(".tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
     return pd.DataFrame({"patient_id": list(saved), "split": list(saved.values())})
 
 

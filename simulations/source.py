@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mammo_fl.common.models.checkpoint import read_checkpoint_meta
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 from mammo_fl.simulations.settings import SourceSettings, config_hash
 
@@ -112,8 +113,8 @@ def build_source_model(settings: SourceSettings, folder: Path, key: str, payload
     run_dir = work / "train"
     checkpoint = _train_whole_image(index_dir, run_dir, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(checkpoint, folder / (SOURCE_FILE + ".tmp"))
-    (folder / (SOURCE_FILE + ".tmp")).replace(folder / SOURCE_FILE)
+    with atomic_path(folder / SOURCE_FILE) as tmp:
+        shutil.copy2(checkpoint, tmp)
     # Keep the training run's reports (metrics, ROC, patch model) next to the model; the bulky
     # synthetic DICOMs and caches go.
     kept = folder / "train_run"

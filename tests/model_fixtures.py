@@ -15,7 +15,8 @@ import pytest
 import torch
 from data_fixtures import breast_phantom, disc_mask, write_dicom
 
-from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+from mammo_fl.common.imaging.cache import ImageCache
+from mammo_fl.common.imaging.geometry import PreprocessSettings
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,8 @@ from mammo_fl.common.imaging.adapters import build_index
 from mammo_fl.common.imaging.adapters.cbis_ddsm import read_case_csv
 from mammo_fl.common.utils.errors import ConfigError, DataError
 from mammo_fl.common.imaging.index import load_index, write_index
-from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+from mammo_fl.common.imaging.cache import ImageCache
+from mammo_fl.common.imaging.geometry import PreprocessSettings
 
 CASES = [
     cbis_case("P_00001", "LEFT", "CC", "mass", "Training", 1, "MALIGNANT"),

@@ -85,7 +85,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from mammo_fl.common.imaging.index import load_index
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root, mean_grey, parse_size
+    from mammo_fl.common.imaging.cache import ImageCache, default_cache_root, mean_grey
+    from mammo_fl.common.imaging.geometry import PreprocessSettings, parse_size
 
     tables = load_index(args.index)
     height, width = parse_size(args.size)
