@@ -14,7 +14,7 @@ import torch
 from mammo_fl.common.models.checkpoint import load_checkpoint, read_checkpoint_meta
 from mammo_fl.common.cli.data import main as data_main
 from mammo_fl.common.cli.train import main as train_main
-from mammo_fl.common.pipeline.patches import CLASS_NAMES, load_patch_set
+from mammo_fl.common.pipeline.patches import PATCH_CLASSES, load_patch_set
 
 # Tiny everything: 96x72 images, 24 px patches, one epoch per stage, a small top.
 TINY = [
@@ -83,7 +83,7 @@ def test_checkpoint_is_self_describing(run_dir: Path) -> None:
         out = ckpt.model(torch.zeros(1, 3, 96, 72))
     assert out.shape == (1, 2)
     patch = load_checkpoint(run_dir / "patch_model.pt")
-    assert patch.kind == "patch" and patch.class_names == list(CLASS_NAMES)
+    assert patch.kind == "patch" and patch.class_names == list(PATCH_CLASSES)
     assert patch.preprocessing["height"] == 24 and patch.preprocessing["mean"] == prep["mean"]
     # the whole-image trunk started from the patch trunk: stage 2 trained it, so it moved, but exists 1:1
     assert set(patch.model.trunk.state_dict()) == set(ckpt.model.trunk.state_dict())
@@ -97,7 +97,7 @@ def test_patch_set_has_split_hygiene(run_dir: Path, index_dir: Path) -> None:
     assert not set(table["patient_id"]) & test_patients
     by_patient = dict(zip(split["patient_id"], split["split"]))
     assert (table["patient_id"].map(by_patient) == table["split"]).all()
-    assert set(table["class"]) <= set(CLASS_NAMES) and "background" in set(table["class"])
+    assert set(table["class"]) <= set(PATCH_CLASSES) and "background" in set(table["class"])
     assert all(Path(p).is_file() for p in table["abs_path"])
 
 
