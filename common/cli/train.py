@@ -21,7 +21,6 @@ import pandas as pd
 
 from mammo_fl.common.models.checkpoint import load_checkpoint
 from mammo_fl.common.cli import run_cli
-from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.training.datasets import UNLABELLED, WholeImageDataset
 from mammo_fl.common.utils.device import select_device
 from mammo_fl.common.utils.errors import ConfigError, DataError
@@ -33,19 +32,14 @@ from mammo_fl.common.imaging.geometry import PreprocessSettings
 log = logging.getLogger("mammo-train")
 
 
-def _load(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_config(args.preset, "train", args.set)
-    if getattr(args, "device", None):
-        config["device"] = args.device
-    if getattr(args, "quiet", False):
-        config["progress"] = False
-    return config
-
-
 def _context(args: argparse.Namespace):
-    from mammo_fl.common.pipeline.steps import open_run  # torch-heavy imports only when a command runs
+    # torch-heavy imports only when a command runs
+    from mammo_fl.common.pipeline.rundir import open_run
+    from mammo_fl.common.pipeline.settings import load_run_settings
 
-    return open_run(_load(args), args.data, args.out)
+    settings = load_run_settings(args.preset, args.set, device=getattr(args, "device", None),
+                                 progress=False if getattr(args, "quiet", False) else None)
+    return open_run(settings, args.data, args.out)
 
 
 def _print_json(data: dict[str, Any]) -> None:
