@@ -17,7 +17,7 @@ the patches on disk.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,23 +184,44 @@ def sample_positive_centres(
     if settings.centroid_only:
         cy, cx = ndimage.center_of_mass(mask)
         return [(int(round(cy)), int(round(cx)), "centroid")]
-    r0, r1, c0, c1 = largest_component_box(mask)
     mask_sum = BoxSum(mask)
-    cutoff, failures, tries = settings.pos_cutoff, 0, 0
-    centres: list[tuple[int, int, str]] = []
+    return draw_relaxed_centres(
+        [], count, largest_component_box(mask), settings.pos_cutoff,
+        lambda cy, cx, cutoff: overlaps(mask_sum, cy, cx, size, cutoff), settings, rng, "roi", "positive",
+    )
+
+
+def draw_relaxed_centres(
+    centres: list[tuple[int, int, str]],
+    count: int,
+    box: tuple[int, int, int, int],
+    threshold: float,
+    accept: Callable[[int, int, float], bool],
+    settings: SamplingSettings,
+    rng: np.random.Generator,
+    source: str,
+    what: str,
+) -> list[tuple[int, int, str]]:
+    """Fill `centres` up to `count` with uniform draws inside `box` (row0, row1, col0, col1, inclusive)
+    that `accept(cy, cx, threshold)`; every `relax_every` rejections the threshold is relaxed x0.95.
+
+    SamplingFailed after `max_tries` draws.
+    """
+    r0, r1, c0, c1 = box
+    failures, tries = 0, 0
     while len(centres) < count:
         if tries >= settings.max_tries:
             raise SamplingFailed(
-                f"only {len(centres)}/{count} positive patches after {tries} tries (cutoff relaxed to {cutoff:.3f})"
+                f"only {len(centres)}/{count} {what} patches after {tries} tries (threshold relaxed to {threshold:.3f})"
             )
         tries += 1
         cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
-        if overlaps(mask_sum, cy, cx, size, cutoff):
-            centres.append((cy, cx, "roi"))
+        if accept(cy, cx, threshold):
+            centres.append((cy, cx, source))
         else:
             failures += 1
             if failures % settings.relax_every == 0:
-                cutoff *= 0.95
+                threshold *= 0.95
     return centres
 
 
@@ -260,20 +281,12 @@ def sample_background_centres(
             if _is_background(cy, cx, settings, tissue, lesions, settings.min_tissue):
                 centres.append((cy, cx, "blob"))
     rows, cols = np.nonzero(breast)
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
-    min_tissue, failures, tries = settings.min_tissue, 0, 0
-    while len(centres) < count:
-        if tries >= settings.max_tries:
-            raise SamplingFailed(f"only {len(centres)}/{count} background patches after {tries} tries")
-        tries += 1
-        cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
-        if _is_background(cy, cx, settings, tissue, lesions, min_tissue):
-            centres.append((cy, cx, "random"))
-        else:
-            failures += 1
-            if failures % settings.relax_every == 0:
-                min_tissue *= 0.95
-    return centres
+    box = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    return draw_relaxed_centres(
+        centres, count, box, settings.min_tissue,
+        lambda cy, cx, min_tissue: _is_background(cy, cx, settings, tissue, lesions, min_tissue),
+        settings, rng, "random", "background",
+    )
 
 
 def sample_image(
