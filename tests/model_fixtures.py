@@ -40,10 +40,8 @@ TINY_WHOLE_SPEC = {"trunk": "resnet_tiny", "top": {"type": "resnet", "blocks": [
 
 
 def whole_image_set(root: str | Path, n: int = 16, size: tuple[int, int] = (64, 48), seed: int = 0,
-                    positives: float = 0.5, disc_radius: int | None = None) -> tuple[pd.DataFrame, ImageCache]:
-    """`n` DICOMs of `size` (H, W) under root/dicom, an images table and a cache (min side lowered).
-
-    Positives carry a saturated disc of `disc_radius` pixels (default max(3, H // 8))."""
+                    positives: float = 0.5) -> tuple[pd.DataFrame, ImageCache]:
+    """`n` DICOMs of `size` (H, W) under root/dicom, an images table and a cache (min side lowered)."""
     root = Path(root)
     rng = np.random.default_rng(seed)
     h, w = size
@@ -54,7 +52,7 @@ def whole_image_set(root: str | Path, n: int = 16, size: tuple[int, int] = (64, 
         img = breast_phantom(h, w, seed=seed * 1000 + i).astype(np.int64)
         if label:
             cy, cx = int(rng.integers(h // 3, 2 * h // 3)), int(rng.integers(w // 8, w // 3))
-            img[disc_mask(h, w, cy, cx, disc_radius or max(3, h // 8))] = 65000
+            img[disc_mask(h, w, cy, cx, max(3, h // 8))] = 65000
         path = write_dicom(root / "dicom" / f"img{i:03d}.dcm", img.clip(0, 65535).astype(np.uint16),
                            patient_id=f"P{i:03d}")
         rows.append({"image_id": f"img{i:03d}", "image_path": str(path), "patient_id": f"P{i:03d}", "label": label})
