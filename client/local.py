@@ -18,6 +18,7 @@ import numpy as np
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import DataError
 
 
@@ -79,10 +80,8 @@ def save_local_bn(site: SiteInfo, rc: RoundConfig, model: Any) -> None:
     prefixes = P.batchnorm_prefixes(model)
     bn = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if P.is_batchnorm_key(k, prefixes)}
     path = fedbn_path(site, rc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(bn, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(bn, tmp)
 
 
 def sent_arrays(model: Any, fedbn: bool) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.validate import Screened
 
@@ -100,9 +101,8 @@ def save_strategy_state(strategy: Any, path: Path) -> None:
         moments = getattr(strategy, name, None)
         for k, v in (moments or {}).items():
             arrays[f"{name}/{k}"] = np.asarray(v)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_strategy_state(strategy: Any, path: Path) -> int:

@@ -21,30 +21,25 @@ import pandas as pd
 
 from mammo_fl.common.models.checkpoint import load_checkpoint
 from mammo_fl.common.cli import run_cli
-from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.training.datasets import UNLABELLED, WholeImageDataset
 from mammo_fl.common.utils.device import select_device
 from mammo_fl.common.utils.errors import ConfigError, DataError
 from mammo_fl.common.evaluation.inference import ensemble_scores, write_predictions_csv
 from mammo_fl.common.imaging.index import load_index
-from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root
+from mammo_fl.common.imaging.cache import ImageCache, default_cache_root, filter_readable
+from mammo_fl.common.imaging.geometry import PreprocessSettings
 
 log = logging.getLogger("mammo-train")
 
 
-def _load(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_config(args.preset, "train", args.set)
-    if getattr(args, "device", None):
-        config["device"] = args.device
-    if getattr(args, "quiet", False):
-        config["progress"] = False
-    return config
-
-
 def _context(args: argparse.Namespace):
-    from mammo_fl.common.pipeline.steps import open_run  # torch-heavy imports only when a command runs
+    # torch-heavy imports only when a command runs
+    from mammo_fl.common.pipeline.rundir import open_run
+    from mammo_fl.common.pipeline.settings import load_run_settings
 
-    return open_run(_load(args), args.data, args.out)
+    settings = load_run_settings(args.preset, args.set, device=getattr(args, "device", None),
+                                 progress=False if getattr(args, "quiet", False) else None)
+    return open_run(settings, args.data, args.out)
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -179,12 +174,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                    "image_path": [str(f) for f in files]})
             cache_root = Path(args.cache) if args.cache else Path(tmp)
         cache = ImageCache(cache_root, settings)
-        report = cache.build(images["image_path"].astype(str).tolist(), workers=args.workers or None,
-                             progress=not args.quiet)
-        bad = {str(p) for p, _ in report.skipped}
-        for path, reason in report.skipped:
+        images, skipped = filter_readable(images, cache, progress=not args.quiet, workers=args.workers or None)
+        for path, reason in skipped:
             print(f"skipped {path}: {reason}")
-        images = images[~images["image_path"].astype(str).isin(bad)].reset_index(drop=True)
         if images.empty:
             raise DataError(None, "no readable images to score")
         dataset = WholeImageDataset(images, cache, float(prep["mean"]), augment=False)
@@ -193,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                  progress=not args.quiet)
     labels = dataset.labels()
     out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None)
-    print(f"scored {len(scores)} images ({len(bad)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
+    print(f"scored {len(scores)} images ({len(skipped)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
     if (labels != UNLABELLED).all() and len(np.unique(labels)) == 2:
         from mammo_fl.common.evaluation.metrics import auc
 
