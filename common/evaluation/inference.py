@@ -98,9 +98,12 @@ def summarize(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
 
 
 def write_predictions_csv(path: str | Path, image_ids: Sequence[str], scores: Sequence[float] | np.ndarray,
-                          labels: Sequence[int] | np.ndarray | None = None) -> Path:
-    """`image_id, malignant_prob[, label]` (label column only when every label is known)."""
+                          labels: Sequence[int] | np.ndarray | None = None, threshold: float | None = None) -> Path:
+    """`image_id, malignant_prob[, recall][, label]` (label column only when every label is known);
+    with a `threshold`, `recall` is 1 where malignant_prob >= threshold (the operating point's rule)."""
     table = pd.DataFrame({"image_id": list(image_ids), "malignant_prob": np.asarray(scores, dtype=float)})
+    if threshold is not None:
+        table["recall"] = (table["malignant_prob"].to_numpy() >= threshold).astype(int)
     if labels is not None:
         lab = np.asarray(labels)
         if lab.size and (lab != UNLABELLED).all():
