@@ -230,6 +230,8 @@ def bootstrap_auc_ci_from_histograms(neg_counts: Sequence[int] | np.ndarray, pos
     total = int(neg.sum() + pos.sum())
     if neg.sum() == 0 or pos.sum() == 0 or n < 1:
         return float("nan"), float("nan")
+    occupied = (neg + pos) > 0  # empty bins change no AUC; dropping them makes each draw ~bins/N times cheaper
+    neg, pos = neg[occupied], pos[occupied]
     cells = np.concatenate([neg, pos]) / total
     rng = np.random.default_rng(seed)
     values = []
