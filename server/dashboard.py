@@ -151,7 +151,8 @@ def start_dashboard(address: str, root: Path, flower_env: dict[str, str] | None 
     host, port = dashboard_address(address)
     sock = _bind(host, port)
     nodes = FlowerNodes(flower_env).start() if flower_env is not None else None
-    config = uvicorn.Config(create_app(root, nodes), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(create_app(root, nodes), log_level="warning", access_log=False, lifespan="off",
+                            ws="none")  # no websockets: plain GETs only
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True)
     thread.start()
