@@ -50,6 +50,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def report_main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mammo-server report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="mammo-server report",
+                                description="Write the run report: one self-contained HTML file for the clinical leads.")
     add_report_arguments(p)
     return run_report(p.parse_args(argv))
