@@ -31,9 +31,7 @@ from mammo_fl.server.console import follow_run, last_error_line, say
 from mammo_fl.server.run_config import load_run_config, write_run_config
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.superlink import APP_DIR, start_superlink, submit_run, write_flwr_connection
-# issue 17: launch provenance and the live coordinator page
-from mammo_fl.server.dashboard import start_dashboard
-from mammo_fl.server.launch_record import record_launch
+from mammo_fl.server.launch_record import record_launch  # issue 17
 
 
 class Stop(Exception):
@@ -92,8 +90,11 @@ def _main(argv: list[str] | None = None) -> int:
     write_run_config(config, run_config)
     record_launch(rundir.root, launch_id=config["launch-id"], initial_model=args.model.resolve(), app_dir=APP_DIR,
                   config_file=args.config, overrides=args.overrides, resume=args.resume)  # issue 17: provenance
-    dashboard = start_dashboard(args.dashboard, rundir.root, env) if args.dashboard else None  # issue 17
-    if dashboard is not None:
+    dashboard = None
+    if args.dashboard:  # issue 17: the live coordinator page (Starlette/uvicorn imported only when asked for)
+        from mammo_fl.server.dashboard import start_dashboard
+
+        dashboard = start_dashboard(args.dashboard, rundir.root, env)
         say(dashboard.banner())
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
