@@ -6,6 +6,9 @@ the run with `flwr run` (the FAB is the tiny shim in server/flower_app), prints 
 from the ServerApp's events, and stops the SuperLink when the run ends. `--resume` continues a
 killed run from its last completed round. Flower's own output goes to RUNDIR/flower.log and
 RUNDIR/.superlink/superlink.log.
+
+`--dashboard 127.0.0.1:PORT` serves the live coordinator page (server/dashboard.py);
+`mammo-server report RUNDIR --out report.html` writes the run report (server/report.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 from mammo_fl.server.console import follow_run, last_error_line, say
 from mammo_fl.server.run_config import load_run_config, write_run_config
 from mammo_fl.server.rundir import RunDir
-from mammo_fl.server.superlink import start_superlink, submit_run, write_flwr_connection
+from mammo_fl.server.superlink import APP_DIR, start_superlink, submit_run, write_flwr_connection
+from mammo_fl.server.launch_record import record_launch  # issue 17
 
 
 class Stop(Exception):
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, e.g. --set strategy=fedprox --set lr=2e-5")
     p.add_argument("--insecure", action="store_true", help="plain HTTP (required until TLS support lands)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed round")
+    p.add_argument("--dashboard", metavar="[HOST:]PORT", default=None,
+                   help="serve the read-only coordinator page (and /api/status) here, e.g. 127.0.0.1:8080")
     return p
 
 
@@ -82,6 +88,14 @@ def _main(argv: list[str] | None = None) -> int:
     write_flwr_connection(flwr_home, args.address)
     run_config = rundir.root / "run_config.toml"
     write_run_config(config, run_config)
+    record_launch(rundir.root, launch_id=config["launch-id"], initial_model=args.model.resolve(), app_dir=APP_DIR,
+                  config_file=args.config, overrides=args.overrides, resume=args.resume)  # issue 17: provenance
+    dashboard = None
+    if args.dashboard:  # issue 17: the live coordinator page (Starlette/uvicorn imported only when asked for)
+        from mammo_fl.server.dashboard import start_dashboard
+
+        dashboard = start_dashboard(args.dashboard, rundir.root, env)
+        say(dashboard.banner())
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     superlink = flwr_run = None
@@ -97,6 +111,8 @@ def _main(argv: list[str] | None = None) -> int:
     finally:
         stop_daemon(flwr_run, grace_s=3)
         stop_daemon(superlink)
+        if dashboard is not None:
+            dashboard.stop()
     if status.get("status") != "completed":
         hint = last_error_line(rundir.root / "flower.log")
         raise MammoError(f"federation failed: {status.get('reason')}" + (f" [{hint}]" if hint else ""))
@@ -106,6 +122,11 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, exit status 2 on bad input or a failed run."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # issue 17: `mammo-server report RUNDIR --out report.html`
+        from mammo_fl.server.report import report_main
+
+        return run_cli(report_main, argv[1:])
     return run_cli(_main, argv)
 
 

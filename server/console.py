@@ -48,12 +48,12 @@ class Table:
         if kind == "round_end":
             out = []
             if not self.header_done:
-                out.append(f"{'round':>5} {'pooled AUC':>10} {'sites':>5} {'sens':>6} {'spec':>6} "
+                out.append(f"{'round':>5} {'pooled AUC':>10} {'sites':>5} {'thresh':>6} {'sens':>6} {'spec':>6} "
                            f"{'loss':>8} {'secs':>7}  per-site AUC")
                 self.header_done = True
             sites = " ".join(f"{k[4:]}={_fmt(v)}" for k, v in sorted(ev.items()) if k.startswith("auc_"))
             out.append(f"{ev['round']:>5} {_fmt(ev.get('pooled_auc')):>10} {ev.get('sites', 0):>5} "
-                       f"{_fmt(ev.get('sens'), 2):>6} {_fmt(ev.get('spec'), 2):>6} "
+                       f"{_fmt(ev.get('threshold'), 3):>6} {_fmt(ev.get('sens'), 2):>6} {_fmt(ev.get('spec'), 2):>6} "
                        f"{_fmt(ev.get('train_loss')):>8} {_fmt(ev.get('round_seconds'), 1):>7}  {sites}")
             return "\n".join(out)
         if kind == "failed":

@@ -28,6 +28,11 @@ from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
 from mammo_fl.server.validate import Rejected, Screened, expected_specs, screen
+# issue 17: operating point, per-round histograms, per-site events and FAB hash for the page/report
+from mammo_fl.server.histogram_store import save_round_histograms
+from mammo_fl.server.launch_record import fab_hash_of
+from mammo_fl.server.operating_point import operating_point_columns, operating_point_record
+from mammo_fl.server.site_events import report_replies
 
 LOG = logging.getLogger("mammo.server")
 
@@ -100,7 +105,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
     ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
-                 min_sites=s.min_sites, weights=len(model.arrays))
+                 min_sites=s.min_sites, weights=len(model.arrays), fab_hash=fab_hash_of(grid))
     if first == 1 and s.evaluate_initial and not rows:
         _wait_for_round(ctx, 0, first_round=True)
         rows.append(_evaluation_row(ctx, 0, _evaluate(ctx, 0)))
@@ -112,6 +117,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         provenance = {"federation": {"round": rnd, "strategy": s.strategy, "fedbn": s.fedbn,
                                      "sites": row["sites"], "run_id": run_id}}
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        metrics["operating_point"] = operating_point_record(row, s)  # issue 17: travels with the model
         model.save(rundir.round_checkpoint(rnd), provenance, metrics)
         save_strategy_state(strategy, rundir.strategy_file)
         rundir.write_rows(rows)
@@ -170,7 +176,7 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
     for attempt in range(s.round_retries + 1):
         nodes = _wait_for_round(ctx, rnd, first_round=not ctx.started)
         ctx.started = True
-        ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt)
+        ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt, nodes=nodes)
         _log("Round %d: training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
         content = _content(ctx, rnd)
         col = exchange(ctx.grid, nodes, MessageType.TRAIN, content, str(rnd), s.round_timeout)
@@ -178,6 +184,7 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
         accepted, rejected = screen(col.replies, True, expected)
         accepted, dup = _dedupe_sites(accepted)
         _report_rejected(ctx, rnd, "train", rejected + dup)
+        report_replies(ctx.rundir, rnd, "train", accepted)  # issue 17
         if len(accepted) >= s.min_sites:
             break
         ctx.rundir.event("round_retry", round=rnd, valid=len(accepted), need=s.min_sites, attempt=attempt)
@@ -254,7 +261,8 @@ def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
     s = ctx.settings
     nodes = online_nodes(ctx.grid)
     if not nodes:
-        return [], pool_histograms([], s.hist_bins, s.threshold)
+        return [], pool_histograms([], s.hist_bins, s.operating_target())
+    ctx.rundir.event("evaluate_start", round=rnd, nodes=nodes)  # issue 17
     col = exchange(ctx.grid, nodes, MessageType.EVALUATE, _content(ctx, rnd), f"eval-{rnd}", s.round_timeout)
     _report_missing(ctx, rnd, "evaluate", col)
     accepted, rejected = screen(col.replies, False, None)
@@ -262,7 +270,8 @@ def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
     accepted, bad_bins = check_bins(accepted, s.hist_bins)
     rejected = rejected + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
     _report_rejected(ctx, rnd, "evaluate", rejected)
-    return accepted, pool_histograms(accepted, s.hist_bins, s.threshold)
+    report_replies(ctx.rundir, rnd, "evaluate", accepted)  # issue 17
+    return accepted, pool_histograms(accepted, s.hist_bins, s.operating_target())
 
 
 def _evaluation_row(ctx: RoundContext, rnd: int, evaluation: tuple[list[Screened], Any]) -> dict[str, Any]:
@@ -272,14 +281,13 @@ def _evaluation_row(ctx: RoundContext, rnd: int, evaluation: tuple[list[Screened
         "pooled_auc": summary.pooled_auc,
         "sites": len(accepted),
         "eval_sites": len(accepted),
-        "sens": summary.sens,
-        "spec": summary.spec,
-        "threshold": ctx.settings.threshold,
         "n_pos": summary.n_pos,
         "n_neg": summary.n_neg,
     }
     for site, value in sorted(summary.site_auc.items()):
         row[f"auc_{site}"] = value
+    row.update(operating_point_columns(summary))  # issue 17: threshold, sens, spec (+ per site)
+    save_round_histograms(ctx.rundir.root, rnd, summary.site_hists)  # issue 17: kept for the report's CIs
     _log(
         "Round %d: pooled AUC %s over %d site(s) (%d pos / %d neg)",
         rnd, "nan" if math.isnan(summary.pooled_auc) else f"{summary.pooled_auc:.4f}",

@@ -3,7 +3,7 @@
     mammo-train run --preset cpu --data INDEXDIR --out RUNDIR [--set key=value ...]
     mammo-train patches | train-patch | train-whole | evaluate | baseline  (one step at a time, same RUNDIR)
     mammo-train compare A.csv B.csv   (paired AUC difference of two designs on one test set)
-    mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta]
+    mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta] [--threshold T]
 """
 
 from __future__ import annotations
@@ -153,6 +153,8 @@ def _dicom_files(items: list[str]) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.data) == bool(args.dicoms):
         raise ConfigError("give either --data INDEXDIR or DICOM files/folders (not both)")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     device = select_device(args.device or "auto")
     first = load_checkpoint(args.model[0], device)
     if first.kind != "whole_image":
@@ -184,13 +186,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scores = ensemble_scores(members, dataset, device, tta=args.tta, batch_size=args.batch_size,
                                  progress=not args.quiet)
     labels = dataset.labels()
-    out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None)
+    threshold = _recall_threshold(args, first)
+    out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None,
+                                threshold=threshold)
     print(f"scored {len(scores)} images ({len(skipped)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
+    if threshold is not None:
+        print(f"recall column: malignant_prob >= {threshold:.4f}; {int((scores >= threshold).sum())} of "
+              f"{len(scores)} images recalled")
     if (labels != UNLABELLED).all() and len(np.unique(labels)) == 2:
         from mammo_fl.common.evaluation.metrics import auc
 
         print(f"AUC {auc(labels, scores):.4f}")
     return 0
+
+
+def _recall_threshold(args: argparse.Namespace, first: Any) -> float | None:
+    """--threshold, else the operating point the (single) checkpoint carries (federated final.pt), else None."""
+    from mammo_fl.common.evaluation.operating_point import checkpoint_threshold
+
+    if args.threshold is not None:
+        return float(args.threshold)
+    threshold = checkpoint_threshold(first.metrics)
+    if threshold is None:
+        return None
+    if len(args.model) > 1:
+        print("note: an ensemble's scores differ from its first member's; no recall column without --threshold")
+        return None
+    point = first.metrics["operating_point"]
+    target = point.get("target") or {}
+    print(f"operating point of {args.model[0]}: threshold {threshold:.4f} ({target.get('kind')} target "
+          f"{target.get('value')}, chosen in round {point.get('round')})")
+    if bool(point.get("tta", False)) != bool(args.tta):
+        print(f"note: the threshold was chosen on scores {'with' if point.get('tta') else 'without'} flip TTA; "
+              f"this run is {'with' if args.tta else 'without'}")
+    return threshold
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -266,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dicoms", nargs="*", help="DICOM files or folders")
     p.add_argument("--out", required=True, help="predictions CSV")
     p.add_argument("--tta", action="store_true", help="mean over the 4 flips (the paper's augmented prediction)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="recall threshold for the 0/1 `recall` column (default: the checkpoint's operating point, "
+                   "when it carries one, e.g. a federated final.pt)")
     p.add_argument("--cache", help="preprocessing cache root (default INDEXDIR/cache, or a temporary folder)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=0, help="processes preprocessing the images (0 = all cores)")

@@ -102,12 +102,16 @@ def summarize_test_scores(labels: Sequence[int] | np.ndarray, scores: Sequence[f
 
 def write_predictions_csv(path: str | Path, image_ids: Sequence[str], scores: Sequence[float] | np.ndarray,
                           labels: Sequence[int] | np.ndarray | None = None,
-                          tta_scores: Sequence[float] | np.ndarray | None = None) -> Path:
-    """`image_id, malignant_prob[, malignant_prob_tta][, label]`, 6 decimals, written atomically
-    (label column only when every label is known; the TTA column when `tta_scores` are given)."""
+                          tta_scores: Sequence[float] | np.ndarray | None = None,
+                          threshold: float | None = None) -> Path:
+    """`image_id, malignant_prob[, malignant_prob_tta][, recall][, label]`, 6 decimals, written atomically
+    (label column only when every label is known; the TTA column when `tta_scores` are given; with a
+    `threshold`, `recall` is 1 where malignant_prob >= threshold, the operating point's rule)."""
     table = pd.DataFrame({"image_id": list(image_ids), "malignant_prob": np.asarray(scores, dtype=float)})
     if tta_scores is not None:
         table["malignant_prob_tta"] = np.asarray(tta_scores, dtype=float)
+    if threshold is not None:
+        table["recall"] = (table["malignant_prob"].to_numpy() >= threshold).astype(int)
     if labels is not None:
         lab = np.asarray(labels)
         if lab.size and (lab != UNLABELLED).all():
