@@ -43,6 +43,7 @@ from mammo_fl.common.federation.processes import (
     toml_literal,
 )
 
+STATE_ENV = "MAMMO_FL_STATE_DIR"  # the site image sets it: state outside the read-only data mount
 MAX_BACKOFF_S = 10.0  # a /health probe every 10 s costs nothing
 STABLE_RUN_S = 60.0  # a SuperNode that ran this long resets the back-off
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="loopback lab only: plain HTTP, no site key")
     p.add_argument("--state-dir", type=Path, default=None,
-                   help=f"cache, split, FedBN state, audit log (default DATA/{STATE_SUBDIR})")
+                   help=f"cache, split, FedBN state, audit log (default ${STATE_ENV}, else DATA/{STATE_SUBDIR})")
     p.add_argument("--port", type=int, default=0, help="local SuperNode runtime port (default: a free one)")
     p.add_argument("--retry-for", type=float, default=0.0,
                    help="give up after the coordinator was unreachable this many seconds (0 = never)")
@@ -250,7 +251,8 @@ def _main(argv: list[str] | None = None) -> int:
     check_security(args)
     policy = SitePolicy.load(args.config)
     check_site_data(args)
-    state_dir = args.state_dir or args.data / STATE_SUBDIR
+    state_dir = args.state_dir or (Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else None) \
+        or args.data / STATE_SUBDIR
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
