@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mammo_fl.client.audit import APP_SHA256_ENV, AuditEntry, append_entry, utc_now
-from mammo_fl.client.policy import SitePolicy
-from mammo_fl.common.federation.app_bundle import installed_app_sha256
+# Only light imports here: Flower's task token expires if the process does not send its first
+# heartbeat within 30 s of being spawned, so the policy code loads inside `check_bundle`, after
+# Flower has started its heartbeat.
 from mammo_fl.common.federation.flower_private import (
     check_flower_version,
     guard_app_bundles,
@@ -41,7 +41,9 @@ def _site_name(node_config: dict[str, Any]) -> str:
 
 
 def _record_refusal(node_config: dict[str, Any], task: Any, sha: str, reason: str) -> None:
-    """Audit entry + client.log line at the site; best effort (the refusal stands regardless)."""
+    """Audit entry + client.log line at the site (the refusal stands regardless)."""
+    from mammo_fl.client.audit import AuditEntry, append_entry, utc_now
+
     state = node_config.get("state-dir")
     if not state:
         return
@@ -64,6 +66,10 @@ def _record_refusal(node_config: dict[str, Any], task: Any, sha: str, reason: st
 
 def check_bundle(fab: bytes, task: Any) -> None:
     """Raise AppRefused unless `fab` is approved; record which bundle runs otherwise."""
+    from mammo_fl.client.audit import APP_SHA256_ENV
+    from mammo_fl.client.policy import SitePolicy
+    from mammo_fl.common.federation.app_bundle import installed_app_sha256
+
     node_config = dict(task.context.node_config) if task.context is not None else {}
     sha = hashlib.sha256(fab).hexdigest()
     declared = getattr(task.fab, "hash_str", sha)

@@ -44,7 +44,8 @@ from mammo_fl.common.federation.processes import (
 )
 
 STATE_ENV = "MAMMO_FL_STATE_DIR"  # the site image sets it: state outside the read-only data mount
-MAX_BACKOFF_S = 10.0  # a /health probe every 10 s costs nothing
+MAX_BACKOFF_S = 10.0
+REFUSED_BACKOFF_S = 30.0  # after the coordinator refused the site's key or certificate  # a /health probe every 10 s costs nothing
 STABLE_RUN_S = 60.0  # a SuperNode that ran this long resets the back-off
 
 
@@ -189,9 +190,9 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> i
             why = supernode_exit_reason(log, offset, args.site)
             if why:
                 say(args.site, f"refused: {why}")
-            say(args.site, f"SuperNode exited with status {code}; restarting in {backoff:.0f} s "
-                           f"(details: {log})")
-            time.sleep(backoff)
+            delay = REFUSED_BACKOFF_S if why else backoff  # registration takes a person: no busy retries
+            say(args.site, f"SuperNode exited with status {code}; restarting in {delay:.0f} s (details: {log})")
+            time.sleep(delay)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
     except Stop:
         say(args.site, "stopping (leaving the federation)")
@@ -231,6 +232,13 @@ def check_ca_file(path: Path) -> None:
         raise ConfigError(f"--ca {path} is not a PEM certificate (the coordinator's ca.pem)") from None
 
 
+def describe_approval(policy: SitePolicy) -> str:
+    installed = installed_app_sha256()
+    approved = sorted(h[:12] for h in policy.approved(installed))
+    note = "approved" if policy.approve_installed_app else "NOT approved"
+    return f"runs app bundles {', '.join(approved) or 'none'} (this release's app {installed[:12]}: {note})"
+
+
 def keygen(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mammo-client keygen", description="Make this site's SuperNode key pair.")
     p.add_argument("--site", required=True, help="the site's name (as the coordinator will register it)")
@@ -258,9 +266,7 @@ def _main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         raise DataError(state_dir, f"cannot create the site state folder ({exc.strerror})") from None
     node_config = write_node_config(args, state_dir, policy)
-    approved = policy.approved(installed_app_sha256())
-    say(args.site, f"runs app bundles {', '.join(sorted(h[:12] for h in approved)) or 'none'} "
-                   f"(installed release: {installed_app_sha256()[:12]}{'' if policy.approve_installed_app else ', not approved'})")
+    say(args.site, describe_approval(policy))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     return supervise(args, state_dir, node_config)

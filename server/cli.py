@@ -132,7 +132,8 @@ def _main(argv: list[str] | None = None) -> int:
             from mammo_fl.server.gate import open_gate
 
             gate = open_gate(home, args.address, link, state, rundir.root / ".proxy", env)
-        say(f"SuperLink up at {args.address} (state {state / 'state.db'}); waiting for {config['min-sites']} site(s)")
+        say(f"{'SuperLink' if home is None else 'coordinator'} up at {args.address} (state {state / 'state.db'}); "
+            f"waiting for {config['min-sites']} site(s)")
         flwr_run = submit_run(run_config, env, rundir.root / "flower.log")
         status = follow_run(rundir, flwr_run, superlink, tick=gate.tick if gate else None)
     except Stop:

@@ -136,6 +136,12 @@ def deployed(tmp_path_factory):
         outside_ip = _non_loopback_ip()
         probes["superlink-outside"] = (_request(f"https://{outside_ip}:{link_port}/health", "GET", None)
                                        if outside_ip else "no non-loopback interface")
+        # The stranger is refused on both sides; then it stops knocking (CPU is scarce).
+        stranger_log = cast["site-4"][1]
+        wait_for(lambda: "refused: the coordinator refused this site's key" in stranger_log.read_text()
+                 and "whose key is not registered" in server_log.read_text(), 600, "the stranger's refusal",
+                 proc=server)
+        stop(cast["site-4"][0])
         late = _cli("mammo-server", "sites", "add", "site-6", str(keys / "site-6.pub"), "--home", str(home))
         listed = _cli("mammo-server", "sites", "list", "--home", str(home))
         rc = wait_exit(server, 1500, server_log)
