@@ -32,7 +32,6 @@ from mammo_fl.common.federation.app_bundle import installed_app_sha256
 from mammo_fl.common.federation.site_keys import check_site_name
 from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 from mammo_fl.common.federation.processes import (
-    flower_binary,
     flower_env,
     free_port,
     is_loopback,
@@ -138,7 +137,7 @@ def supernode_command(args: argparse.Namespace, node_config: Path, port: int) ->
     security = ["--insecure"] if args.insecure else [
         "--root-certificates", str(args.ca.resolve()), "--auth-supernode-private-key", str(args.key.resolve())]
     return [
-        flower_binary("flower-supernode"),
+        sys.executable, "-m", "mammo_fl.client.supernode_launch",  # flower-supernode, longer task-token grace
         *security,
         "--superlink", args.server,
         "--node-config", str(node_config),

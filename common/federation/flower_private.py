@@ -13,7 +13,12 @@ Flower 1.42 has no public hook for these needs:
   the guard wraps both module globals, so a refusal raised before installation becomes Flower's
   own error reply to the coordinator (the message was already pulled);
 - the FAB builder `flwr run` uses (`flwr.cli.build.build_fab_from_disk`), so a site computes the
-  hash of the bundle its installed release ships.
+  hash of the bundle its installed release ships;
+- a longer task-token grace in the SuperNode (`flwr.supercore.corestate.in_memory_corestate.
+  HEARTBEAT_DEFAULT_INTERVAL`, 30 s): a `flwr-clientapp` that has not sent its first heartbeat
+  30 s after it was claimed loses its token, and on a loaded machine (measured: 31 s just to
+  print `flwr-clientapp --help` at load average 95 on 2 cores) every try fails and the
+  SuperExec relaunches it again and again.
 
 pyproject pins flwr to 1.42.x; `check_flower_version()` refuses another release with one line, and
 tests/test_flower_private.py fails loudly when a name below disappears.
@@ -47,6 +52,8 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("flwr.supernode.runtime.run_clientapp", "install_from_fab"),
     ("flwr.supernode.cli", "flwr_clientapp"),
     ("flwr.cli.build", "build_fab_from_disk"),
+    ("flwr.supercore.corestate.in_memory_corestate", "HEARTBEAT_DEFAULT_INTERVAL"),
+    ("flwr.supernode.cli", "flower_supernode"),
 )
 
 
@@ -96,6 +103,13 @@ def guard_app_bundles(check: Callable[[bytes, Any], None]) -> None:
 def run_flwr_clientapp() -> None:
     """Flower's own `flwr-clientapp` entry point (arguments from sys.argv)."""
     resolve("flwr.supernode.cli", "flwr_clientapp")()
+
+
+def patch_task_token_grace(seconds: int) -> None:
+    """In a SuperNode process: ClientApp tasks keep their token `seconds` before the first heartbeat
+    (and 2 x `seconds` between heartbeats) instead of 30 s / 60 s."""
+    module = importlib.import_module("flwr.supercore.corestate.in_memory_corestate")
+    module.HEARTBEAT_DEFAULT_INTERVAL = max(int(module.HEARTBEAT_DEFAULT_INTERVAL), int(seconds))
 
 
 def serialized_size(content: Any) -> int:
