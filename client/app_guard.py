@@ -92,10 +92,13 @@ def write_guard(bin_dir: Path) -> Path:
     """BIN_DIR/flwr-clientapp: an executable that runs this guard with this Python (goes first on PATH)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     path = bin_dir / GUARD_NAME
+    # The __main__ test matters: worker processes started with "spawn" (the preprocessing pool)
+    # import the main script again and must not start another flwr-clientapp.
     script = (f"#!{sys.executable}\n"
               "# Written by mammo-client: the SuperNode finds this flwr-clientapp first on its PATH.\n"
               "from mammo_fl.client.app_guard import main\n"
-              "main()\n")
+              "if __name__ == \"__main__\":\n"
+              "    main()\n")
     tmp = path.with_name(f".{GUARD_NAME}.tmp")
     tmp.write_text(script, encoding="utf-8")
     os.chmod(tmp, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)

@@ -160,7 +160,7 @@ def watch_supernode(args: argparse.Namespace, proc: subprocess.Popen, refusals: 
     """Wait for the SuperNode to exit, printing the site's refusals as they happen."""
     while True:
         for line in refusals.poll():
-            say(args.site, f"refused: {line}")
+            say(args.site, line)  # "refused app bundle ..." or "<kind> round N failed [code]: ..."
         try:
             return proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:

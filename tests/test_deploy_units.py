@@ -390,6 +390,11 @@ def test_guard_script_is_a_working_flwr_clientapp(tmp_path):
     assert guard.name == "flwr-clientapp" and _mode(guard) & 0o100
     out = subprocess.run([str(guard), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--runtime-api-address" in out.stdout
+    # A "forkserver"/"spawn" worker (the preprocessing pool) re-imports the main script: it must not
+    # start another flwr-clientapp there (that would parse the worker's argv and exit).
+    import runpy
+
+    runpy.run_path(str(guard), run_name="__mp_main__")
 
 
 # --- one-line refusals on both sides ----------------------------------------------------------
