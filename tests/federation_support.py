@@ -62,11 +62,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+SMALL_SITE_CONFIG = Path(__file__).with_name("site_small.toml")  # test sites are small: evaluate anyway
+
+
 def start_client(site: Path, server: str, log: Path, *extra: str, name: str | None = None,
-                 security: tuple[str, ...] = ("--insecure",)) -> subprocess.Popen:
-    """mammo-client for `site`; `security` = ("--ca", CA, "--key", KEY) for a deployed coordinator."""
+                 security: tuple[str, ...] = ("--insecure",), config: Path | None = SMALL_SITE_CONFIG) -> subprocess.Popen:
+    """mammo-client for `site`; `security` = ("--ca", CA, "--key", KEY) for a deployed coordinator;
+    `config` = the site policy file (None: the defaults of common/presets/site.toml)."""
+    policy = ["--config", str(config)] if config is not None else []
     cmd = [str(BIN / "mammo-client"), "--site", name or site.name, "--data", str(site), "--server", server,
-           *security, "--cache-workers", "1", "--num-threads", "1", *extra]
+           *security, *policy, "--cache-workers", "1", "--num-threads", "1", *extra]
     with open(log, "ab") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), preexec_fn=_die_with_parent)
 

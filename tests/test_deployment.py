@@ -115,19 +115,19 @@ def deployed(tmp_path_factory):
     server = start_server(model, out, address, rounds=1, min_sites=2, log=server_log, settings=settings,
                           security=("--home", str(home)))
 
-    def client(key: str, data_dir: Path, name: str, *extra: str):
+    def client(key: str, data_dir: Path, name: str, config: Path | None = None):
         log = root / f"{key}.client.log"
         security = ("--ca", str(home / "ca.pem"), "--key", str(keys / f"{key}.key"))
-        proc = start_client(data_dir, address, log, "--state-dir", str(root / "state" / key), *extra, name=name,
-                            security=security)
+        proc = start_client(data_dir, address, log, "--state-dir", str(root / "state" / key), name=name,
+                            security=security, config=config)
         return proc, log
 
     cast = {
-        "site-1": client("site-1", data[0], "site-1", "--config", str(root / "site-1.toml")),
-        "site-2": client("site-2", data[1], "site-2"),
+        "site-1": client("site-1", data[0], "site-1", root / "site-1.toml"),
+        "site-2": client("site-2", data[1], "site-2"),  # the default policy: too small to evaluate
         "site-3": client("site-3", data[2], "site-1"),  # impostor: calls itself site-1
         "site-4": client("site-4", data[2], "site-4"),  # stranger: key never registered
-        "site-5": client("site-5", data[2], "site-5", "--config", str(root / "site-5.toml")),
+        "site-5": client("site-5", data[2], "site-5", root / "site-5.toml"),
     }
     try:
         wait_for(lambda: "proxy (nginx) serves" in server_log.read_text(), 600, "the proxy", proc=server)
