@@ -2,8 +2,10 @@
 
 Flower starts a fresh `flwr-clientapp` process for every message, so this module imports only
 Flower at load time; torch and the data stack are imported inside the handlers. Every reply is
-written to the site's audit log before it is returned. Failures become an error reply that
-names the site and a path-free cause (details stay in the site's own log), never a crash.
+written to the site's audit log before it is returned. Before any work the site checks the
+request against its own policy (client/policy.py: caps, its registered name). Failures become an
+error reply that names the site and carries one fixed code of protocol.SITE_ERRORS (details, paths
+and values stay in the site's own client.log), never a crash.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mammo_fl.client.audit import AuditEntry, append_entry, utc_now
+from mammo_fl.client.audit import AuditEntry, append_entry, running_app_sha256, utc_now
 from mammo_fl.common.federation import protocol as P
-from mammo_fl.common.utils.errors import DataError, MammoError
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 app = ClientApp()
 SITE_LOG = "client.log"
@@ -36,12 +38,16 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def public_reason(exc: BaseException) -> str:
-    """What the coordinator may see: no file paths (they can hold patient identifiers)."""
+    """What the coordinator may see: a fixed code (messages can hold paths, patient ids, labels)."""
+    from mammo_fl.client.policy import SiteRefusal
+
+    if isinstance(exc, SiteRefusal):
+        return exc.code
     if isinstance(exc, DataError):
-        return f"DataError: {exc.cause}"
-    if isinstance(exc, MammoError):
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__} (details in the site's {SITE_LOG})"
+        return "data-error"
+    if isinstance(exc, ConfigError):
+        return "bad-request"
+    return "internal-error"
 
 
 def log_locally(state_dir: Path | None, text: str) -> None:
@@ -63,6 +69,7 @@ def _set_threads(site_nc: dict[str, Any], rc_threads: int) -> None:
 
 def handle(msg: Message, context: Context, kind: str) -> Message:
     from mammo_fl.client.local import local_evaluate, local_train
+    from mammo_fl.client.policy import SitePolicy, check_registered_name, check_request
     from mammo_fl.common.federation.round_config import RoundConfig
     from mammo_fl.client.site import resolve_site
 
@@ -70,9 +77,12 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
     rnd = 0
     try:
         site = resolve_site(dict(context.node_config), dict(context.run_config))
+        policy = SitePolicy.from_node_config(site.node_config)
         cfg = msg.content.config_records.get(P.CONFIG, ConfigRecord())
+        rnd = _round_of(cfg)
         rc = RoundConfig.from_record(cfg)
-        rnd = rc.server_round
+        check_registered_name(rc, site.name)
+        check_request(policy, rc)
         _set_threads(site.node_config, rc.num_threads)
         arrays = P.arrayrecord_to_numpy(msg.content.array_records[P.ARRAYS])
         if kind == "train":
@@ -87,7 +97,7 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
             )
             digest = P.arrays_sha256(weights)
         else:
-            metrics = local_evaluate(site, rc, arrays)
+            metrics = local_evaluate(site, rc, arrays, policy.min_patients_per_class)
             content = RecordDict(
                 {P.METRICS: MetricRecord(metrics), P.SITE: ConfigRecord({"site": site.name, "status": P.STATUS_OK})}
             )
@@ -95,7 +105,8 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
         status, names = P.STATUS_OK, sorted(metrics)
     except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
         reason = public_reason(exc)
-        log_locally(site.state_dir if site else None, f"{kind} round {rnd} failed: {exc}\n{traceback.format_exc()}")
+        log_locally(site.state_dir if site else None,
+                    f"{kind} round {rnd} failed [{reason}]: {exc}\n{traceback.format_exc()}")
         logging.getLogger("mammo.client").warning("%s failed: %s", kind, reason)
         name = site.name if site else str(dict(context.node_config).get("site", f"node-{context.node_id}"))
         content = RecordDict(
@@ -108,9 +119,18 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
             AuditEntry(
                 time=utc_now(), site=site.name, run_id=int(context.run_id), round=rnd, kind=kind,
                 bytes=P.recorddict_nbytes(content), weights_sha256=digest, metric_names=names, status=status,
+                app_sha256=running_app_sha256(),
             ),
         )
     return Message(content, reply_to=msg)
+
+
+def _round_of(cfg: Any) -> int:
+    """The round number for the audit log, even when the rest of the request is refused."""
+    try:
+        return int(cfg.get("server-round", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _maybe_delay(site: Any) -> None:

@@ -17,9 +17,9 @@ import numpy as np
 
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
 from mammo_fl.common.federation import protocol as P
-from mammo_fl.common.federation.round_config import RoundConfig
+from mammo_fl.common.federation.round_config import FED_ID, RoundConfig
 from mammo_fl.common.utils.atomic import atomic_path
-from mammo_fl.common.utils.errors import DataError
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 
 @dataclass
@@ -61,6 +61,10 @@ def build_model(rc: RoundConfig, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def fedbn_path(site: SiteInfo, rc: RoundConfig) -> Path:
+    """The site's FedBN state for this federation; `fed-id` comes from the server, so it is checked
+    again here (RoundConfig.from_record already refuses one that could leave the folder)."""
+    if not FED_ID.match(rc.fed_id):
+        raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
     return site.state_dir / "fedbn" / f"{rc.fed_id}.pt"
 
 
@@ -126,8 +130,26 @@ def local_train(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) 
     return out, metrics
 
 
-def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) -> dict:
-    """Score the site's validation patients with the received model -> fixed-bin histograms only."""
+def patients_per_class(images: Any) -> tuple[int, int]:
+    """(negative, positive) patients of an image table; a patient is positive if any image is."""
+    per_patient = images.groupby(images["patient_id"].astype(str))["label"].max().astype(int)
+    return int((per_patient == 0).sum()), int((per_patient == 1).sum())
+
+
+def check_evaluable(val: Any, min_per_class: int) -> None:
+    """A histogram of a handful of patients discloses each one's score and label: refuse to send it."""
+    neg, pos = patients_per_class(val)
+    if min(neg, pos) < min_per_class:
+        from mammo_fl.client.policy import SiteRefusal
+
+        raise SiteRefusal(P.TOO_SMALL, f"validation split has {neg} negative / {pos} positive patient(s); "
+                                       f"the site sends histograms only from {min_per_class} per class")
+
+
+def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray], min_per_class: int = 0) -> dict:
+    """Score the site's validation patients with the received model -> fixed-bin histograms only.
+
+    Fewer than `min_per_class` validation patients in either class: no histogram (SiteRefusal)."""
     from mammo_fl.common.training.datasets import WholeImageDataset
     from mammo_fl.common.utils.device import select_device
     from mammo_fl.common.evaluation.inference import predict_scores
@@ -135,6 +157,7 @@ def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray
 
     t0 = time.perf_counter()
     data = prepare_data(site, rc)
+    check_evaluable(data.val, min_per_class)
     if data.val.empty:
         raise DataError(site.data_dir, "no validation images after the local split")
     model = build_model(rc, arrays)

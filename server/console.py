@@ -11,6 +11,7 @@ import math
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen) -> dict[str, Any]:
-    """Print events until the run ends; return status.json (or a synthetic failure)."""
+def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen,
+               tick: Callable[[], list[str]] | None = None) -> dict[str, Any]:
+    """Print events until the run ends; return status.json (or a synthetic failure).
+
+    `tick` is called every loop (proxy supervision, refused keys); its lines are printed."""
     table = Table()
     offset = rundir.events.stat().st_size if rundir.events.exists() else 0  # --resume: only new events
     started_at = time.monotonic()
@@ -88,6 +92,8 @@ def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess
                     text = table.line(ev)
                     if text:
                         say(text)
+        for text in tick() if tick is not None else []:
+            say(text)
         status = _read_status(rundir)
         if status and status.get("launch_id") != rundir.launch_id:
             status = None

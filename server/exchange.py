@@ -63,12 +63,14 @@ def exchange(
     group_id: str,
     timeout_s: float,
 ) -> Collected:
-    """Send `content` to every node and collect replies until all answered, left, or timed out."""
+    """Send `content` (a RecordDict, or node id -> RecordDict) to every node and collect replies
+    until all answered, left, or timed out."""
     from flwr.app import Message
 
     start = time.monotonic()
     ttl = max(timeout_s + 60.0, 120.0)  # stale messages expire at sites that come back later
-    messages = [Message(content, int(n), message_type, ttl=ttl, group_id=group_id) for n in node_ids]
+    content_for = content if callable(content) else (lambda node: content)
+    messages = [Message(content_for(int(n)), int(n), message_type, ttl=ttl, group_id=group_id) for n in node_ids]
     ids = list(grid.push_messages(messages))
     pending = {mid: int(n) for mid, n in zip(ids, node_ids, strict=True) if mid}
     out = Collected()

@@ -26,6 +26,7 @@ from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, onli
 from mammo_fl.server.global_model import GlobalModel
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.settings import FederationSettings
+from mammo_fl.server.site_nodes import SiteIdentity
 from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
 from mammo_fl.server.validate import Rejected, Screened, expected_specs, screen
 # issue 17: operating point, per-round histograms, per-site events and FAB hash for the page/report
@@ -58,6 +59,7 @@ class RoundContext:
     model: GlobalModel
     strategy: Any
     fed_id: str
+    identity: SiteIdentity = SiteIdentity()  # registered node -> site names (empty path: lab mode)
     started: bool = False  # a training round of this launch has started
 
 
@@ -102,7 +104,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         for stale in (rundir.state_file, rundir.metrics_json):
             stale.unlink(missing_ok=True)
         first = 1
-    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), SiteIdentity(s.site_nodes))
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays), fab_hash=fab_hash_of(grid))
@@ -130,7 +132,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
     _log("Federation finished: %d rounds, final model %s", last, rundir.final)
 
 
-def _round_config(ctx: RoundContext, rnd: int) -> Any:
+def _round_config(ctx: RoundContext, rnd: int, registered_site: str = "") -> Any:
     s = ctx.settings
     return RoundConfig(
         server_round=rnd,
@@ -145,13 +147,31 @@ def _round_config(ctx: RoundContext, rnd: int) -> Any:
         num_threads=s.num_threads,
         tta=s.tta,
         hist_bins=s.hist_bins,
+        registered_site=registered_site,
     ).to_record()
 
 
 def _content(ctx: RoundContext, rnd: int) -> Any:
+    """node id -> the message content for that node: the same weights (one ArrayRecord, uploaded
+    once), a config naming the site the node's key is registered under (so an impostor knows)."""
     from flwr.app import RecordDict
 
-    return RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(ctx.model.arrays), P.CONFIG: _round_config(ctx, rnd)})
+    arrays = P.numpy_to_arrayrecord(ctx.model.arrays)
+    names = ctx.identity.names() or {}
+
+    def for_node(node: int) -> Any:
+        return RecordDict({P.ARRAYS: arrays, P.CONFIG: _round_config(ctx, rnd, names.get(node, ""))})
+
+    return for_node
+
+
+def _registered_nodes(ctx: RoundContext, rnd: int, kind: str, nodes: list[int]) -> list[int]:
+    """Nodes of registered sites; the others get nothing and are reported."""
+    keep, refused = ctx.identity.split(nodes)
+    for node in refused:
+        ctx.rundir.event("site_rejected", round=rnd, kind=kind, site=f"node-{node}", node=node,
+                         reason="refused: its key belongs to no registered site (unknown or removed)")
+    return keep
 
 
 def _report_missing(ctx: RoundContext, rnd: int, kind: str, col: Collected) -> None:
@@ -174,14 +194,14 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
     expected = expected_specs(ctx.model.arrays, ctx.model.exchanged_keys(s.fedbn))
     t0 = time.monotonic()
     for attempt in range(s.round_retries + 1):
-        nodes = _wait_for_round(ctx, rnd, first_round=not ctx.started)
+        nodes = _registered_nodes(ctx, rnd, "train", _wait_for_round(ctx, rnd, first_round=not ctx.started))
         ctx.started = True
         ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt, nodes=nodes)
         _log("Round %d: training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
         content = _content(ctx, rnd)
         col = exchange(ctx.grid, nodes, MessageType.TRAIN, content, str(rnd), s.round_timeout)
         _report_missing(ctx, rnd, "train", col)
-        accepted, rejected = screen(col.replies, True, expected)
+        accepted, rejected = screen(col.replies, True, expected, ctx.identity.names())
         accepted, dup = _dedupe_sites(accepted)
         _report_rejected(ctx, rnd, "train", rejected + dup)
         report_replies(ctx.rundir, rnd, "train", accepted)  # issue 17
@@ -198,7 +218,7 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
     max_site = max(float(r.metrics["train-seconds"]) for r in accepted)
     total = sum(int(r.metrics["num-examples"]) for r in accepted)
     loss = sum(float(r.metrics["train-loss"]) * int(r.metrics["num-examples"]) for r in accepted) / total
-    bytes_out = P.recorddict_nbytes(content)
+    bytes_out = P.recorddict_nbytes(content(nodes[0])) if nodes else 0
     bytes_in = [P.recorddict_nbytes(col.replies[r.node].content) for r in accepted]
     t_eval = time.monotonic()
     evaluation = _evaluate(ctx, rnd)
@@ -259,13 +279,13 @@ def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
     from flwr.app import MessageType
 
     s = ctx.settings
-    nodes = online_nodes(ctx.grid)
+    nodes = _registered_nodes(ctx, rnd, "evaluate", online_nodes(ctx.grid))
     if not nodes:
         return [], pool_histograms([], s.hist_bins, s.operating_target())
     ctx.rundir.event("evaluate_start", round=rnd, nodes=nodes)  # issue 17
     col = exchange(ctx.grid, nodes, MessageType.EVALUATE, _content(ctx, rnd), f"eval-{rnd}", s.round_timeout)
     _report_missing(ctx, rnd, "evaluate", col)
-    accepted, rejected = screen(col.replies, False, None)
+    accepted, rejected = screen(col.replies, False, None, ctx.identity.names())
     accepted, dup = _dedupe_sites(accepted)
     accepted, bad_bins = check_bins(accepted, s.hist_bins)
     rejected = rejected + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]

@@ -56,6 +56,8 @@ class FederationSettings:
     launch_id: str = ""  # set by mammo-server: tags events/status so a stale ServerApp is ignored
     # simulation: site folders are the sorted subfolders of sites-dir
     sites_dir: str = ""
+    # deployment with registered sites: node id -> site name file (set by mammo-server; "" = lab mode)
+    site_nodes: str = ""
 
     @staticmethod
     def key_of(field_name: str) -> str:

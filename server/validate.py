@@ -2,7 +2,9 @@
 
 A reply is rejected (with the site named) when it is an error, lacks the expected records or
 metric names, or carries weights with missing/unexpected keys, wrong shapes or dtypes, or
-NaN/Inf values. Only accepted replies reach the strategy, so Flower's consistency check
+NaN/Inf values. With registered sites (`names`: node id -> registered name, server/site_nodes.py)
+a reply is attributed to the name its node's key is registered under, and refused when the node
+is not registered or the reply declares another site's name. Only accepted replies reach the strategy, so Flower's consistency check
 (InconsistentMessageReplies, which would kill the run) never sees a bad one.
 """
 
@@ -11,9 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import re
+
 import numpy as np
 
 from mammo_fl.common.federation import protocol as P
+
+_REFUSED_APP = re.compile(r"refused app ([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,43 @@ def expected_specs(arrays: dict[str, np.ndarray], keys: list[str]) -> dict[str, 
     return {k: ArraySpec(tuple(arrays[k].shape), str(arrays[k].dtype)) for k in keys}
 
 
-def site_of(reply: Any, node: int) -> str:
-    """The site name a reply declares, else `node-<id>` (e.g. for Flower-level errors)."""
+def declared_site(reply: Any) -> str | None:
+    """The site name a reply declares (None for Flower-level errors and replies without one)."""
     if not reply.has_error() and P.SITE in reply.content.config_records:
         name = reply.content.config_records[P.SITE].get("site")
         if isinstance(name, str) and name:
             return name
-    return f"node-{node}"
+    return None
+
+
+def site_of(reply: Any, node: int, names: dict[int, str] | None = None) -> str:
+    """The registered name of the reply's node; in lab mode the declared name; else `node-<id>`."""
+    if names is not None:
+        return names.get(node, f"node-{node}")
+    return declared_site(reply) or f"node-{node}"
+
+
+def identity_problem(reply: Any, node: int, names: dict[int, str] | None) -> str | None:
+    """Why a reply cannot be attributed to a registered site, or None (always None in lab mode)."""
+    if names is None:
+        return None
+    registered = names.get(node)
+    if registered is None:
+        return "refused: its key belongs to no registered site (unknown or removed)"
+    declared = declared_site(reply)
+    if declared is not None and declared != registered:
+        return f"refused: answered as {declared!r}, but its key is registered as {registered!r}"
+    return None
+
+
+def flower_error_reason(reply: Any) -> str:
+    """One line for a Flower-level error reply (an app bundle a site refused is named by its hash)."""
+    reason = str(reply.error.reason or "").strip()
+    refused = _REFUSED_APP.search(reason)
+    if refused:
+        return f"refused app {refused.group(1)} (not on the site's approved list)"
+    lines = reason.splitlines() or ["(no reason given)"]
+    return f"Flower error: {lines[-1][:300]}"
 
 
 def check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, ArraySpec]) -> str | None:
@@ -83,28 +119,41 @@ def check_metrics(metrics: dict[str, Any], names: tuple[str, ...]) -> str | None
     return None
 
 
+def site_error_reason(code: Any) -> str:
+    if code == P.TOO_SMALL:
+        return "too small to evaluate (the site sends no histogram below its minimum patients per class)"
+    return f"site error {P.site_error_text(code)}"
+
+
 def screen(
-    replies: dict[int, Any], is_train: bool, expected: dict[str, ArraySpec] | None
+    replies: dict[int, Any], is_train: bool, expected: dict[str, ArraySpec] | None,
+    names: dict[int, str] | None = None,
 ) -> tuple[list[Screened], list[Rejected]]:
-    """Split replies into accepted (decoded) and rejected (with a one-line reason)."""
+    """Split replies into accepted (decoded) and rejected (with a one-line reason).
+
+    `names` (node id -> registered site) switches attribution from declared to registered names."""
     accepted: list[Screened] = []
     rejected: list[Rejected] = []
-    names = P.TRAIN_METRICS if is_train else P.EVAL_METRICS
+    metric_names = P.TRAIN_METRICS if is_train else P.EVAL_METRICS
     for node, reply in sorted(replies.items()):
-        site = site_of(reply, node)
+        site = site_of(reply, node, names)
+        problem = identity_problem(reply, node, names)
+        if problem is not None:
+            rejected.append(Rejected(node, site, problem))
+            continue
         if reply.has_error():
-            rejected.append(Rejected(node, site, f"Flower error: {reply.error.reason.strip().splitlines()[-1]}"))
+            rejected.append(Rejected(node, site, flower_error_reason(reply)))
             continue
         content = reply.content
         site_rec = content.config_records.get(P.SITE)
         if site_rec is not None and site_rec.get("status") == P.STATUS_ERROR:
-            rejected.append(Rejected(node, site, f"site error: {site_rec.get('error', '?')}"))
+            rejected.append(Rejected(node, site, site_error_reason(site_rec.get("error", "?"))))
             continue
         if P.METRICS not in content.metric_records:
             rejected.append(Rejected(node, site, "reply has no metrics"))
             continue
         metrics = dict(content.metric_records[P.METRICS])
-        reason = check_metrics(metrics, names)
+        reason = check_metrics(metrics, metric_names)
         arrays = None
         if reason is None and is_train:
             if P.ARRAYS not in content.array_records:

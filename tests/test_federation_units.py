@@ -56,7 +56,7 @@ def task_identity():
 def _reply(node_arrays: dict[str, np.ndarray] | None, metrics: dict, site: str = "a", status: str = "ok"):
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "DataError: bad"})})
+    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "data-error"})})
     if metrics:
         content[P.METRICS] = MetricRecord(metrics)
     if node_arrays is not None:
@@ -86,7 +86,7 @@ def test_screen_names_the_site_and_the_problem(task_identity):
     assert "NaN/Inf" in reasons["nan-site"]
     assert "shape (3, 2)" in reasons["shape-site"]
     assert "missing 1 weight" in reasons["keys-site"] and "'n'" in reasons["keys-site"]
-    assert reasons["broken-site"] == "site error: DataError: bad"
+    assert reasons["broken-site"] == "site error [data-error] " + P.SITE_ERRORS["data-error"]
     assert "metric names" in reasons["metric-site"]
 
 

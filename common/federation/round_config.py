@@ -9,6 +9,7 @@ and the ConfigRecord a site receives, so server, client and simulations share on
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ FINETUNE_KEYS: dict[str, str] = {
     "proximal-mu": "proximal_mu",
 }
 _FT_DEFAULTS = FineTuneConfig()
+# `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.
+FED_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def coerce_value(key: str, value: Any, default: Any) -> Any:
@@ -88,10 +91,11 @@ class RoundConfig:
     num_threads: int = 0
     tta: bool = False
     hist_bins: int = 1000
+    registered_site: str = ""  # the name the receiving node's key is registered under ("" in lab mode)
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins")
+                "hist_bins", "registered_site")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord
@@ -117,4 +121,6 @@ class RoundConfig:
         except ValueError:
             raise ConfigError("round config: model-spec / preprocessing are not JSON") from None
         values["finetune"] = finetune_from_keys(record)
+        if not FED_ID.match(str(values.get("fed_id", defaults.fed_id))):
+            raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
         return dataclasses.replace(defaults, **values)
