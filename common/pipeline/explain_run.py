@@ -138,41 +138,49 @@ def safe_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(image_id)).strip("_") or "image"
 
 
-def render(row: pd.Series, prob: float, cell_map: np.ndarray, grid: CellGrid, geometry: Geometry,
-           loc: Localisation, rois: list, cache: ImageCache, method: str) -> Image.Image:
+@dataclass(frozen=True)
+class _Job:
+    """What every image of one run shares."""
+
+    settings: ExplainSettings
+    cache: ImageCache
+    rois: pd.DataFrame | None
+    series_uid: str  # one DICOM series per run
+
+
+def render(job: _Job, row: pd.Series, prob: float, heat: tuple[np.ndarray, CellGrid], geometry: Geometry,
+           loc: Localisation, rois: list) -> Image.Image:
     """The overlay picture of one image on its stored DICOM grid."""
-    dicom = read_dicom(row["image_path"], min_side=cache.min_side, require_mg=cache.require_mg)
+    dicom = read_dicom(row["image_path"], min_side=job.cache.min_side, require_mg=job.cache.require_mg)
     shape = ov.display_shape(geometry.src_shape)
     width = max(1, shape[0] // 400)
     outlines = [(ov.outline(ov.mask_on_display(mask, geometry, shape), width),
                  ov.ROI_COLOURS.get(pathology, ov.ROI_COLOURS["BENIGN"])) for mask, pathology in rois]
     content = ov.OverlayContent(
         grey=ov.resize_grey(ov.reading_window(dicom.pixels, dicom.voi), shape),
-        heat=ov.heat_on_display(cell_map, grid, geometry, shape), outlines=outlines,
+        heat=ov.heat_on_display(*heat, geometry, shape), outlines=outlines,
         peak=ov.source_to_display(*loc.source, shape, geometry.src_shape),
-        lines=[f"P(malignant) {prob:.3f}", METHOD_TITLES[method], str(row["image_id"])])
+        lines=[f"P(malignant) {prob:.3f}", METHOD_TITLES[job.settings.method], str(row["image_id"])])
     return ov.compose(content)
 
 
-def explain_image(row: pd.Series, prob: float, cell_map: np.ndarray, grid: CellGrid, cache: ImageCache,
-                  rois: pd.DataFrame | None, settings: ExplainSettings, series_uid: str, number: int
+def explain_image(job: _Job, row: pd.Series, number: int, prob: float, heat: tuple[np.ndarray, CellGrid]
                   ) -> dict[str, Any]:
     """Localise, render and write one image's overlay; returns its explain.csv row."""
-    geometry = cache.geometry(row["image_path"])
-    pixel_map = cells_to_pixels(cell_map, grid, geometry.out_shape)
-    target, all_rois = target_mask(cache, row, rois)
-    loc = locate(pixel_map, geometry, target)
-    image = render(row, prob, cell_map, grid, geometry, loc, all_rois, cache, settings.method)
-    name = safe_name(row["image_id"])
-    ov.save_png(image, settings.out / f"{name}.png")
-    if settings.dicom:
+    geometry = job.cache.geometry(row["image_path"])
+    target, all_rois = target_mask(job.cache, row, job.rois)
+    loc = locate(cells_to_pixels(*heat, geometry.out_shape), geometry, target)
+    image = render(job, row, prob, heat, geometry, loc, all_rois)
+    name, out_dir = safe_name(row["image_id"]), job.settings.out
+    ov.save_png(image, out_dir / f"{name}.png")
+    if job.settings.dicom:
         from mammo_fl.common.pipeline.secondary_capture import write_secondary_capture
 
-        write_secondary_capture(np.asarray(image), Path(row["image_path"]), settings.out / "dicom" / f"{name}.dcm",
-                                series_uid, number)
+        write_secondary_capture(np.asarray(image), Path(row["image_path"]), out_dir / "dicom" / f"{name}.dcm",
+                                job.series_uid, number)
     out = {"image_id": row["image_id"], "label": int(row["label"]), "malignant_prob": round(prob, 6),
            "peak_row": loc.source[0], "peak_col": loc.source[1], "peak_value": round(loc.value, 6)}
-    if rois is not None:
+    if job.rois is not None:
         out["peak_in_roi"] = None if loc.in_roi is None else int(loc.in_roi)
         out["roi_mass"] = None if loc.roi_mass is None else round(loc.roi_mass, 6)
     out["overlay"] = f"{name}.png"
@@ -196,14 +204,13 @@ def run_explain(settings: ExplainSettings) -> ExplainResult:
     images, skipped = fill_cache(cache, images, rois, settings.workers, settings.progress)
     dataset = WholeImageDataset(images, cache, float(preprocessing["mean"]), augment=False)
     settings.out.mkdir(parents=True, exist_ok=True)
-    series_uid, rows = generate_uid(), []
+    job, rows = _Job(settings, cache, rois, generate_uid()), []
     bar = tqdm(total=len(images), desc=f"explain ({settings.method})", unit="image", disable=not settings.progress)
     for first in range(0, len(images), settings.batch_size):
         idx = range(first, min(first + settings.batch_size, len(images)))
         batch = explainer(torch.stack([dataset[i][0] for i in idx]))
         for k, i in enumerate(idx):
-            rows.append(explain_image(images.iloc[i], float(batch.probs[k]), batch.maps[k], batch.grid, cache,
-                                      rois, settings, series_uid, i + 1))
+            rows.append(explain_image(job, images.iloc[i], i + 1, float(batch.probs[k]), (batch.maps[k], batch.grid)))
             bar.update(1)
     bar.close()
     table = pd.DataFrame(rows)

@@ -93,7 +93,7 @@ def _colormap() -> np.ndarray:
     return (matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).astype(np.float32)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def text_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one bitmap size
@@ -119,10 +119,10 @@ def compose(content: OverlayContent) -> Image.Image:
     y = margin
     for i, line in enumerate(content.lines):
         line_size = size if i == 0 else max(10, int(size * 0.7))
-        draw.text((margin, y), line, fill=(255, 255, 255), font=_font(line_size), stroke_width=2,
+        draw.text((margin, y), line, fill=(255, 255, 255), font=text_font(line_size), stroke_width=2,
                   stroke_fill=(0, 0, 0))
         y += line_size + 4
-    small = _font(max(10, h // 45))
+    small = text_font(max(10, h // 45))
     draw.text((margin, h - max(10, h // 45) - margin), DISCLAIMER, fill=(255, 230, 0), font=small, stroke_width=2,
               stroke_fill=(0, 0, 0))
     return image
