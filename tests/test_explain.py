@@ -119,20 +119,21 @@ def test_heatmap_peak_maps_back_through_a_strided_network(mode: str) -> None:
     with torch.no_grad():
         cell_map = net(torch.from_numpy(cached.astype(np.float32))[None, None])[0, 0].numpy()
     assert np.unravel_index(int(np.argmax(cell_map)), cell_map.shape) == cell
-    loc = locate(cells_to_pixels(cell_map, grid, g.out_shape), g, None)
+    loc = locate(cell_map, grid, g, None)
     assert abs(loc.source[0] - spot[0]) <= 0.5 * scale + 1 and abs(loc.source[1] - spot[1]) <= 0.5 * scale + 1
 
 
-def test_peak_ignores_crop_mode_padding() -> None:
+def test_peak_is_the_hottest_cell_centre_outside_crop_padding() -> None:
     g = Geometry(src_shape=(100, 80), crop=(0, 100, 0, 80), flip=False, resized=(40, 20), out_shape=(40, 32))
-    pixel_map = np.zeros((40, 32), dtype=np.float32)
-    pixel_map[5, 30] = 9.0  # in the zero padding: never the peak
-    pixel_map[7, 3] = 1.0
+    grid = CellGrid((4.0, 4.0), (1.5, 1.5))  # 10 x 8 cells of 4 px
+    cell_map = np.zeros((10, 8), dtype=np.float32)
+    cell_map[1, 6] = 9.0  # centred on the zero padding (x = 25.5 >= 20): never the peak
+    cell_map[2, 1] = 1.0  # centre (9.5, 5.5) -> pixel (10, 6) (rounded half to even)
     roi = np.zeros((40, 32), dtype=bool)
-    roi[6:9, 2:5] = True
-    loc = locate(pixel_map, g, roi)
-    assert loc.peak == (7, 3) and loc.in_roi and loc.roi_mass == pytest.approx(1.0)
-    assert loc.source == source_pixel(7, 3, g)
+    roi[8:12, 4:8] = True
+    loc = locate(cell_map, grid, g, roi)
+    assert loc.peak == (10, 6) and loc.in_roi and loc.source == source_pixel(10, 6, g)
+    assert loc.value == pytest.approx(1.0) and 0.5 < loc.roi_mass < 1.0  # bilinear spread past the ROI
 
 
 def test_pointing_game_counts_malignant_images_with_a_target_roi() -> None:

@@ -31,7 +31,7 @@ from mammo_fl.common.imaging.dicom import read_dicom
 from mammo_fl.common.imaging.index import IndexTables, load_index
 from mammo_fl.common.models.checkpoint import load_checkpoint
 from mammo_fl.common.pipeline import overlay as ov
-from mammo_fl.common.pipeline.cell_grid import CellGrid, cells_to_pixels
+from mammo_fl.common.pipeline.cell_grid import CellGrid
 from mammo_fl.common.pipeline.explain import Explainer, make_explainer
 from mammo_fl.common.pipeline.localisation import Localisation, PointingSummary, locate, pointing_game, target_rois
 from mammo_fl.common.training.datasets import WholeImageDataset
@@ -169,7 +169,7 @@ def explain_image(job: _Job, row: pd.Series, number: int, prob: float, heat: tup
     """Localise, render and write one image's overlay; returns its explain.csv row."""
     geometry = job.cache.geometry(row["image_path"])
     target, all_rois = target_mask(job.cache, row, job.rois)
-    loc = locate(cells_to_pixels(*heat, geometry.out_shape), geometry, target)
+    loc = locate(*heat, geometry, target)
     image = render(job, row, prob, heat, geometry, loc, all_rois)
     name, out_dir = safe_name(row["image_id"]), job.settings.out
     ov.save_png(image, out_dir / f"{name}.png")

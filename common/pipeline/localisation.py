@@ -1,7 +1,8 @@
 """Does the heatmap point at the lesion? Peak location, ROI hit, heatmap mass in ROIs, pointing game.
 
-The peak is the heatmap's maximum over the image content (crop mode's zero padding excluded),
-reported on the model grid and on the stored DICOM grid. An image's *target* ROIs are its malignant
+The peak is the centre of the map's hottest cell (cells centred on crop mode's zero padding
+excluded), reported on the model grid and on the stored DICOM grid; taking it from the cells, not from
+the resampled pixel map, keeps it off the edge strips where resampling holds the outer cells constant. An image's *target* ROIs are its malignant
 ROIs when it is malignant, otherwise all of its ROIs (did the model look at the benign finding?).
 The pointing game (Zhang et al. 2016) is the share of malignant images with a malignant ROI whose
 peak falls inside one; the mass is the share of the map's total inside the target ROIs.
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mammo_fl.common.imaging.cache import Geometry
+from mammo_fl.common.pipeline.cell_grid import CellGrid, cells_to_pixels
 from mammo_fl.common.pipeline.source_grid import content_mask, source_pixel
 
 
@@ -28,11 +30,14 @@ class Localisation:
     roi_mass: float | None
 
 
-def peak_of(pixel_map: np.ndarray, content: np.ndarray) -> tuple[int, int]:
-    """(y, x) of the maximum inside `content` (first one on ties)."""
-    masked = np.where(content, pixel_map, -np.inf)
-    y, x = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    return int(y), int(x)
+def peak_of(cell_map: np.ndarray, grid: CellGrid, content: np.ndarray) -> tuple[int, int, float]:
+    """(y, x, value): model pixel at the centre of the hottest cell centred inside `content` (first on ties)."""
+    rows, cols = np.meshgrid(np.arange(cell_map.shape[0]), np.arange(cell_map.shape[1]), indexing="ij")
+    ys, xs = (np.clip(np.rint(v), 0, n - 1).astype(np.intp) for v, n in
+              zip(grid.to_pixels(rows, cols), content.shape))
+    masked = np.where(content[ys, xs], cell_map, -np.inf)
+    i, j = np.unravel_index(int(np.argmax(masked)), masked.shape)
+    return int(ys[i, j]), int(xs[i, j]), float(cell_map[i, j])
 
 
 def mass_inside(pixel_map: np.ndarray, region: np.ndarray, content: np.ndarray) -> float:
@@ -42,15 +47,15 @@ def mass_inside(pixel_map: np.ndarray, region: np.ndarray, content: np.ndarray) 
     return float(values[region].sum()) / total if total > 0 else math.nan
 
 
-def locate(pixel_map: np.ndarray, geometry: Geometry, roi: np.ndarray | None) -> Localisation:
-    """Peak of a model-grid map, its DICOM pixel, and (with a target ROI mask) hit and mass."""
+def locate(cell_map: np.ndarray, grid: CellGrid, geometry: Geometry, roi: np.ndarray | None) -> Localisation:
+    """Peak of a cell map, its DICOM pixel, and (with a target ROI mask on the model grid) hit and mass."""
     content = content_mask(geometry)
-    y, x = peak_of(pixel_map, content)
+    y, x, value = peak_of(cell_map, grid, content)
     has_roi = roi is not None and bool(roi.any())
     return Localisation(
-        peak=(y, x), source=source_pixel(y, x, geometry), value=float(pixel_map[y, x]),
+        peak=(y, x), source=source_pixel(y, x, geometry), value=value,
         in_roi=bool(roi[y, x]) if has_roi else None,
-        roi_mass=mass_inside(pixel_map, roi, content) if has_roi else None,
+        roi_mass=mass_inside(cells_to_pixels(cell_map, grid, geometry.out_shape), roi, content) if has_roi else None,
     )
 
 
