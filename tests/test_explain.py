@@ -24,9 +24,9 @@ from mammo_fl.common.models.checkpoint import PATCH_CLASSES, WHOLE_IMAGE_CLASSES
 from mammo_fl.common.models.patch import build_trunk
 from mammo_fl.common.pipeline.cell_grid import CellGrid, cells_to_pixels, probe_cell_grid
 from mammo_fl.common.pipeline.explain import CamExplainer, PatchExplainer
-from mammo_fl.common.pipeline.localisation import locate, pointing_game
+from mammo_fl.common.pipeline.localisation import breast_region, locate, pointing_game
 from mammo_fl.common.pipeline.secondary_capture import SERIES_DESCRIPTION, write_secondary_capture
-from mammo_fl.common.pipeline.source_grid import model_to_source, source_pixel, source_to_model
+from mammo_fl.common.pipeline.source_grid import content_mask, model_to_source, source_pixel, source_to_model
 from mammo_fl.common.utils.errors import DataError
 
 # ------------------------------------------------------------------ cell grids
@@ -119,7 +119,7 @@ def test_heatmap_peak_maps_back_through_a_strided_network(mode: str) -> None:
     with torch.no_grad():
         cell_map = net(torch.from_numpy(cached.astype(np.float32))[None, None])[0, 0].numpy()
     assert np.unravel_index(int(np.argmax(cell_map)), cell_map.shape) == cell
-    loc = locate(cell_map, grid, g, None)
+    loc = locate(cell_map, grid, g, content_mask(g), None)
     assert abs(loc.source[0] - spot[0]) <= 0.5 * scale + 1 and abs(loc.source[1] - spot[1]) <= 0.5 * scale + 1
 
 
@@ -131,9 +131,22 @@ def test_peak_is_the_hottest_cell_centre_outside_crop_padding() -> None:
     cell_map[2, 1] = 1.0  # centre (9.5, 5.5) -> pixel (10, 6) (rounded half to even)
     roi = np.zeros((40, 32), dtype=bool)
     roi[8:12, 4:8] = True
-    loc = locate(cell_map, grid, g, roi)
+    loc = locate(cell_map, grid, g, content_mask(g), roi)
     assert loc.peak == (10, 6) and loc.in_roi and loc.source == source_pixel(10, 6, g)
     assert loc.value == pytest.approx(1.0) and 0.5 < loc.roi_mass < 1.0  # bilinear spread past the ROI
+
+
+def test_peak_is_searched_in_the_breast_only() -> None:
+    """The patch net never saw black background: a hot cell there is not the peak."""
+    image = (_breast(96, 72, chest_wall_right=False) * 65535).astype(np.uint16)
+    g = Geometry(src_shape=(96, 72), crop=(0, 96, 0, 72), flip=False, resized=(96, 72), out_shape=(96, 72))
+    region = breast_region(image, g)
+    assert region[48, 5] and not region[5, 68]
+    grid = CellGrid((8.0, 8.0), (3.5, 3.5))
+    cell_map = np.zeros((12, 9), dtype=np.float32)
+    cell_map[0, 8] = 1.0  # top-right corner: background
+    cell_map[6, 2] = 0.5
+    assert locate(cell_map, grid, g, region, None).peak == (52, 20)
 
 
 def test_pointing_game_counts_malignant_images_with_a_target_roi() -> None:

@@ -33,8 +33,15 @@ from mammo_fl.common.models.checkpoint import load_checkpoint
 from mammo_fl.common.pipeline import overlay as ov
 from mammo_fl.common.pipeline.cell_grid import CellGrid
 from mammo_fl.common.pipeline.explain import Explainer, make_explainer
-from mammo_fl.common.pipeline.localisation import Localisation, PointingSummary, locate, pointing_game, target_rois
-from mammo_fl.common.training.datasets import WholeImageDataset
+from mammo_fl.common.pipeline.localisation import (
+    Localisation,
+    PointingSummary,
+    breast_region,
+    locate,
+    pointing_game,
+    target_rois,
+)
+from mammo_fl.common.training.datasets import WholeImageDataset, to_model_tensor
 from mammo_fl.common.utils.device import select_device
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
@@ -149,8 +156,8 @@ class _Job:
 
 
 def render(job: _Job, row: pd.Series, prob: float, heat: tuple[np.ndarray, CellGrid], geometry: Geometry,
-           loc: Localisation, rois: list) -> Image.Image:
-    """The overlay picture of one image on its stored DICOM grid."""
+           region: np.ndarray, loc: Localisation, rois: list) -> Image.Image:
+    """The overlay picture of one image on its stored DICOM grid (heat shown inside `region` only)."""
     dicom = read_dicom(row["image_path"], min_side=job.cache.min_side, require_mg=job.cache.require_mg)
     shape = ov.display_shape(geometry.src_shape)
     width = max(1, shape[0] // 400)
@@ -158,25 +165,28 @@ def render(job: _Job, row: pd.Series, prob: float, heat: tuple[np.ndarray, CellG
                  ov.ROI_COLOURS.get(pathology, ov.ROI_COLOURS["BENIGN"])) for mask, pathology in rois]
     content = ov.OverlayContent(
         grey=ov.resize_grey(ov.reading_window(dicom.pixels, dicom.voi), shape),
-        heat=ov.heat_on_display(*heat, geometry, shape), outlines=outlines,
+        heat=ov.heat_on_display(*heat, geometry, shape) * ov.mask_on_display(region, geometry, shape),
+        outlines=outlines,
         peak=ov.source_to_display(*loc.source, shape, geometry.src_shape),
         lines=[f"P(malignant) {prob:.3f}", METHOD_TITLES[job.settings.method], str(row["image_id"])])
     return ov.compose(content)
 
 
-def explain_image(job: _Job, row: pd.Series, number: int, prob: float, heat: tuple[np.ndarray, CellGrid]
-                  ) -> dict[str, Any]:
-    """Localise, render and write one image's overlay; returns its explain.csv row."""
+def explain_image(job: _Job, row: pd.Series, number: int, image: np.ndarray, prob: float,
+                  heat: tuple[np.ndarray, CellGrid]) -> dict[str, Any]:
+    """Localise, render and write the overlay of one image (`image`: its cached uint16 copy); returns its
+    explain.csv row."""
     geometry = job.cache.geometry(row["image_path"])
+    region = breast_region(image, geometry)
     target, all_rois = target_mask(job.cache, row, job.rois)
-    loc = locate(*heat, geometry, target)
-    image = render(job, row, prob, heat, geometry, loc, all_rois)
+    loc = locate(*heat, geometry, region, target)
+    picture = render(job, row, prob, heat, geometry, region, loc, all_rois)
     name, out_dir = safe_name(row["image_id"]), job.settings.out
-    ov.save_png(image, out_dir / f"{name}.png")
+    ov.save_png(picture, out_dir / f"{name}.png")
     if job.settings.dicom:
         from mammo_fl.common.pipeline.secondary_capture import write_secondary_capture
 
-        write_secondary_capture(np.asarray(image), Path(row["image_path"]), out_dir / "dicom" / f"{name}.dcm",
+        write_secondary_capture(np.asarray(picture), Path(row["image_path"]), out_dir / "dicom" / f"{name}.dcm",
                                 job.series_uid, number)
     out = {"image_id": row["image_id"], "label": int(row["label"]), "malignant_prob": round(prob, 6),
            "peak_row": loc.source[0], "peak_col": loc.source[1], "peak_value": round(loc.value, 6)}
@@ -208,9 +218,11 @@ def run_explain(settings: ExplainSettings) -> ExplainResult:
     bar = tqdm(total=len(images), desc=f"explain ({settings.method})", unit="image", disable=not settings.progress)
     for first in range(0, len(images), settings.batch_size):
         idx = range(first, min(first + settings.batch_size, len(images)))
-        batch = explainer(torch.stack([dataset[i][0] for i in idx]))
+        arrays = [dataset.load_uint16(i) for i in idx]
+        batch = explainer(torch.stack([to_model_tensor(a, dataset.mean) for a in arrays]))
         for k, i in enumerate(idx):
-            rows.append(explain_image(job, images.iloc[i], i + 1, float(batch.probs[k]), (batch.maps[k], batch.grid)))
+            rows.append(explain_image(job, images.iloc[i], i + 1, arrays[k], float(batch.probs[k]),
+                                      (batch.maps[k], batch.grid)))
             bar.update(1)
     bar.close()
     table = pd.DataFrame(rows)

@@ -1,8 +1,12 @@
 """Does the heatmap point at the lesion? Peak location, ROI hit, heatmap mass in ROIs, pointing game.
 
-The peak is the centre of the map's hottest cell (cells centred on crop mode's zero padding
-excluded), reported on the model grid and on the stored DICOM grid; taking it from the cells, not from
-the resampled pixel map, keeps it off the edge strips where resampling holds the outer cells constant. An image's *target* ROIs are its malignant
+The peak is the centre of the map's hottest cell among the cells centred on the breast, reported on
+the model grid and on the stored DICOM grid. The breast (the cache's crop-mode breast mask: threshold,
+erosion, largest component, dilation) is the search region because the patch classifier never saw
+anything else: its background patches need >= 75 % tissue, so over the black film background its
+output is arbitrary (one CPU-preset patch net called it malignant at 0.98). Taking the peak from the
+cells, not from the resampled pixel map, keeps it off the edge strips where resampling holds the
+outer cells constant. An image's *target* ROIs are its malignant
 ROIs when it is malignant, otherwise all of its ROIs (did the model look at the benign finding?).
 The pointing game (Zhang et al. 2016) is the share of malignant images with a malignant ROI whose
 peak falls inside one; the mass is the share of the map's total inside the target ROIs.
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mammo_fl.common.imaging.cache import Geometry
+from mammo_fl.common.imaging.cache import Geometry, breast_mask_small, resize_mask
 from mammo_fl.common.pipeline.cell_grid import CellGrid, cells_to_pixels
 from mammo_fl.common.pipeline.source_grid import content_mask, source_pixel
 
@@ -30,32 +34,42 @@ class Localisation:
     roi_mass: float | None
 
 
-def peak_of(cell_map: np.ndarray, grid: CellGrid, content: np.ndarray) -> tuple[int, int, float]:
-    """(y, x, value): model pixel at the centre of the hottest cell centred inside `content` (first on ties)."""
+def breast_region(image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """bool (model grid): the breast in a cached uint16 image; all of the content if none is found."""
+    content = content_mask(geometry)
+    small, _ = breast_mask_small(image.astype(np.float32) / 65535.0)
+    breast = resize_mask(small, *image.shape) & content
+    return breast if breast.any() else content
+
+
+def peak_of(cell_map: np.ndarray, grid: CellGrid, region: np.ndarray) -> tuple[int, int, float]:
+    """(y, x, value): model pixel at the centre of the hottest cell centred inside `region` (first on ties)."""
     rows, cols = np.meshgrid(np.arange(cell_map.shape[0]), np.arange(cell_map.shape[1]), indexing="ij")
     ys, xs = (np.clip(np.rint(v), 0, n - 1).astype(np.intp) for v, n in
-              zip(grid.to_pixels(rows, cols), content.shape))
-    masked = np.where(content[ys, xs], cell_map, -np.inf)
+              zip(grid.to_pixels(rows, cols), region.shape))
+    inside = region[ys, xs]
+    masked = np.where(inside if inside.any() else True, cell_map, -np.inf)  # a region between cell centres: all
     i, j = np.unravel_index(int(np.argmax(masked)), masked.shape)
     return int(ys[i, j]), int(xs[i, j]), float(cell_map[i, j])
 
 
-def mass_inside(pixel_map: np.ndarray, region: np.ndarray, content: np.ndarray) -> float:
-    """Share of the (non-negative) map's total over the content that lies in `region`."""
-    values = np.clip(pixel_map, 0.0, None) * content
+def mass_inside(pixel_map: np.ndarray, roi: np.ndarray, region: np.ndarray) -> float:
+    """Share of the (non-negative) map's total over `region` (the breast) that lies in `roi`."""
+    values = np.clip(pixel_map, 0.0, None) * region
     total = float(values.sum())
-    return float(values[region].sum()) / total if total > 0 else math.nan
+    return float(values[roi].sum()) / total if total > 0 else math.nan
 
 
-def locate(cell_map: np.ndarray, grid: CellGrid, geometry: Geometry, roi: np.ndarray | None) -> Localisation:
-    """Peak of a cell map, its DICOM pixel, and (with a target ROI mask on the model grid) hit and mass."""
-    content = content_mask(geometry)
-    y, x, value = peak_of(cell_map, grid, content)
+def locate(cell_map: np.ndarray, grid: CellGrid, geometry: Geometry, region: np.ndarray,
+           roi: np.ndarray | None) -> Localisation:
+    """Peak of a cell map inside `region` (model grid), its DICOM pixel, and (with a target ROI mask on
+    the model grid) hit and mass."""
+    y, x, value = peak_of(cell_map, grid, region)
     has_roi = roi is not None and bool(roi.any())
     return Localisation(
         peak=(y, x), source=source_pixel(y, x, geometry), value=value,
         in_roi=bool(roi[y, x]) if has_roi else None,
-        roi_mass=mass_inside(cells_to_pixels(cell_map, grid, geometry.out_shape), roi, content) if has_roi else None,
+        roi_mass=mass_inside(cells_to_pixels(cell_map, grid, geometry.out_shape), roi, region) if has_roi else None,
     )
 
 
