@@ -40,7 +40,7 @@ def report(method: str, result: ExplainResult, wall: float, cpu: float) -> None:
     line = f"{method:5s}: {n} images in {wall / 60:.1f} min wall, {cpu:.0f} CPU-s ({cpu / n:.2f} CPU-s/image)"
     if result.pointing is not None and result.pointing.images:
         p = result.pointing
-        line += (f"; pointing game {p.accuracy:.3f} ({p.hits}/{p.images}), "
+        line += (f"; pointing game {p.accuracy:.3f} ({p.hits}/{p.images}; chance {p.chance:.3f}), "
                  f"mean ROI mass {p.mean_roi_mass:.3f}")
     print(line, flush=True)
 

@@ -134,6 +134,7 @@ def test_peak_is_the_hottest_cell_centre_outside_crop_padding() -> None:
     loc = locate(cell_map, grid, g, content_mask(g), roi)
     assert loc.peak == (10, 6) and loc.in_roi and loc.source == source_pixel(10, 6, g)
     assert loc.value == pytest.approx(1.0) and 0.5 < loc.roi_mass < 1.0  # bilinear spread past the ROI
+    assert loc.roi_area == pytest.approx(16 / (40 * 20))
 
 
 def test_peak_is_searched_in_the_breast_only() -> None:
@@ -151,10 +152,10 @@ def test_peak_is_searched_in_the_breast_only() -> None:
 
 def test_pointing_game_counts_malignant_images_with_a_target_roi() -> None:
     table = pd.DataFrame({"label": [1, 1, 1, 0], "peak_in_roi": pd.array([1, 0, None, 1], dtype="Int64"),
-                          "roi_mass": [0.5, 0.1, None, 0.9]})
+                          "roi_mass": [0.5, 0.1, None, 0.9], "roi_area": [0.02, 0.04, None, 0.1]})
     summary = pointing_game(table)
     assert (summary.images, summary.hits) == (2, 1) and summary.accuracy == 0.5
-    assert summary.mean_roi_mass == pytest.approx(0.3)
+    assert summary.mean_roi_mass == pytest.approx(0.3) and summary.chance == pytest.approx(0.03)
 
 
 # ------------------------------------------------------------------ heatmaps from checkpoints
@@ -248,7 +249,7 @@ def test_explain_writes_overlays_csv_and_secondary_captures(cbis_index: Path, tm
                     "--dicom") == 0
     table = pd.read_csv(out / "explain.csv", dtype={"image_id": str})
     assert list(table.columns) == ["image_id", "label", "malignant_prob", "peak_row", "peak_col", "peak_value",
-                                   "peak_in_roi", "roi_mass", "overlay"]
+                                   "peak_in_roi", "roi_mass", "roi_area", "overlay"]
     assert len(table) == 3 and list(table["label"]) == sorted(table["label"], reverse=True)  # malignant first
     images = pd.read_csv(cbis_index / "images.csv", dtype={"image_id": str}).set_index("image_id")
     for _, row in table.iterrows():

@@ -220,7 +220,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     elif r.pointing.images:
         p = r.pointing
         print(f"pointing game {p.accuracy:.3f} ({p.hits}/{p.images} malignant images with the peak in a malignant "
-              f"ROI); mean heatmap mass inside ROIs {p.mean_roi_mass:.3f}")
+              f"ROI; a random breast pixel: {p.chance:.3f}); mean heatmap mass inside ROIs {p.mean_roi_mass:.3f}")
     else:
         print("no malignant image with a malignant ROI among these images: no pointing-game score")
     return 0

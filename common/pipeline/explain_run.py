@@ -3,7 +3,7 @@
     OUT/<image_id>.png      mammogram + translucent malignancy heatmap + ROI outlines + probability
     OUT/dicom/<image_id>.dcm   the same as a DICOM Secondary Capture (with --dicom)
     OUT/explain.csv         image_id, label, malignant_prob, peak_row, peak_col, peak_value
-                            [, peak_in_roi, roi_mass when the index has rois.csv], overlay
+                            [, peak_in_roi, roi_mass, roi_area when the index has rois.csv], overlay
 
 Images: the split's first N in index order, malignant ones first. Without split.csv (a hospital's
 manifest index) the default is every image. ROI masks are optional (a site has none); when the
@@ -193,6 +193,7 @@ def explain_image(job: _Job, row: pd.Series, number: int, image: np.ndarray, pro
     if job.rois is not None:
         out["peak_in_roi"] = None if loc.in_roi is None else int(loc.in_roi)
         out["roi_mass"] = None if loc.roi_mass is None else round(loc.roi_mass, 6)
+        out["roi_area"] = None if loc.roi_area is None else round(loc.roi_area, 6)
     out["overlay"] = f"{name}.png"
     return out
 

@@ -9,7 +9,9 @@ cells, not from the resampled pixel map, keeps it off the edge strips where resa
 outer cells constant. An image's *target* ROIs are its malignant
 ROIs when it is malignant, otherwise all of its ROIs (did the model look at the benign finding?).
 The pointing game (Zhang et al. 2016) is the share of malignant images with a malignant ROI whose
-peak falls inside one; the mass is the share of the map's total inside the target ROIs.
+peak falls inside one; the mass is the share of the map's total (over the breast) inside the target
+ROIs, and the area their share of the breast: a uniformly random point in the breast hits with
+probability = area (the chance level), a map spread evenly has mass = area.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Localisation:
     value: float  # the map at the peak
     in_roi: bool | None  # None: the image has no target ROI
     roi_mass: float | None
+    roi_area: float | None  # the target ROIs' share of the search region (breast)
 
 
 def breast_region(image: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -70,6 +73,7 @@ def locate(cell_map: np.ndarray, grid: CellGrid, geometry: Geometry, region: np.
         peak=(y, x), source=source_pixel(y, x, geometry), value=value,
         in_roi=bool(roi[y, x]) if has_roi else None,
         roi_mass=mass_inside(cells_to_pixels(cell_map, grid, geometry.out_shape), roi, region) if has_roi else None,
+        roi_area=float((roi & region).sum()) / float(region.sum()) if has_roi else None,
     )
 
 
@@ -83,6 +87,7 @@ class PointingSummary:
     images: int  # malignant images with a malignant ROI (the denominator)
     hits: int
     mean_roi_mass: float
+    chance: float  # mean ROI share of the breast: the pointing game of a random point in the breast
 
     @property
     def accuracy(self) -> float:
@@ -90,8 +95,9 @@ class PointingSummary:
 
 
 def pointing_game(table: pd.DataFrame) -> PointingSummary:
-    """From explain.csv rows (`label`, `peak_in_roi`, `roi_mass`): malignant images with a target ROI."""
+    """From explain.csv rows (`label`, `peak_in_roi`, `roi_mass`, `roi_area`): malignant images with a target ROI."""
     rows = table[(table["label"] == 1) & table["peak_in_roi"].notna()]
-    mass = rows["roi_mass"].astype(float)
+    mass, area = rows["roi_mass"].astype(float), rows["roi_area"].astype(float)
     return PointingSummary(images=len(rows), hits=int(rows["peak_in_roi"].astype(int).sum()),
-                           mean_roi_mass=float(mass.mean()) if mass.notna().any() else math.nan)
+                           mean_roi_mass=float(mass.mean()) if mass.notna().any() else math.nan,
+                           chance=float(area.mean()) if area.notna().any() else math.nan)
