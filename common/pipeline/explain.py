@@ -2,11 +2,13 @@
 
 - ``patch`` (the paper's heatmaps, Fig. 1): the 5-class patch classifier slid over the whole image
   (`baseline.patch_heatmap`), map = P(calcification malignant) + P(mass malignant), in [0, 1].
-- ``cam``: the whole-image model's own class activation map. Its head is global average pooling +
-  a dense layer, so the malignant-vs-not logit is exactly the mean over cells of
-  ``(w1 - w0) . features + (b1 - b0)``; the map is the sigmoid of each cell's term: the malignant
-  probability an image made entirely of that cell's evidence would get. It needs no patch net, so it
-  works for a model that came back from the federation (`final.pt`).
+- ``cam``: the whole-image model's own class activation map (Zhou et al. 2016). Its head is global
+  average pooling + a dense layer, so the malignant-vs-not logit is exactly the mean over cells of the
+  evidence ``(w1 - w0) . features + (b1 - b0)``. The per-cell terms are large (tens of logits), so a
+  per-cell probability would be saturated everywhere; the map is the evidence min-max scaled over the
+  image, as CAMs are displayed: it shows *where* the model's evidence lies, the probability printed on
+  the overlay says how much. It needs no patch net, so it works for a model that came back from the
+  federation (`final.pt`).
 
 Both return the whole-image model's malignant probability and a cell map with its `CellGrid`.
 """
@@ -103,7 +105,10 @@ class CamExplainer:
         with autocast(self.device):
             features = self.features(x.to(self.device))
             probs = _malignant_prob(self.head(features))
-        return HeatmapBatch(probs, torch.sigmoid(self.evidence(features)).cpu().numpy(), self.grid)
+        evidence = self.evidence(features)
+        low = evidence.amin(dim=(1, 2), keepdim=True)
+        span = (evidence.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
+        return HeatmapBatch(probs, ((evidence - low) / span).cpu().numpy(), self.grid)
 
 
 def patch_model_path(model_path: Path, patch_model: Path | None) -> Path:
