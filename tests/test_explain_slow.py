@@ -15,22 +15,27 @@ import pytest
 
 from mammo_fl.common.cli.data import main as data_main
 from mammo_fl.common.cli.train import main as train_main
+from mammo_fl.common.pipeline.localisation import pointing_game
 from mammo_fl.common.synth import generate_dataset
 
 pytestmark = pytest.mark.slow
 
-# The CPU preset (288x224 images, 56-px patches, resnet_tiny16, all-conv top) with fewer epochs.
-SHORT = ["threads=1", "progress=false", "data.workers=1", "patch_train.stage3.epochs=3",
+# The CPU preset (288x224 images, 56-px patches, resnet_tiny16, all-conv top); patch stage 3 runs 10 epochs
+# over ~2,000 patches (the preset: 6 over ~11,000), the whole-image stages 1 epoch each (only CAM needs them).
+SHORT = ["threads=1", "progress=false", "data.workers=1", "patch_train.stage3.epochs=10",
          "whole_train.stage1.epochs=1", "whole_train.stage2.epochs=1", "evaluate.tta=false", "evaluate.bootstrap=50"]
-MIN_POINTING = 0.5  # "most" malignant images; measured well above it (module docstring)
+# The pointing game must clear both a floor and a multiple of chance (a random breast pixel hits with
+# probability = the lesions' share of the breast, ~0.05 here); measured far above both (module docstring).
+MIN_POINTING, MIN_OVER_CHANCE = 0.25, 4.0
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("explain_slow")
     start = time.perf_counter()
-    generate_dataset("cbis-ddsm", root / "raw", 30, seed=3, size=(288, 224), conspicuity=2.0, lesion_scale=2.0,
-                     workers=1)
+    # conspicuous lesions, 60 % of them malignant: enough lesion patches for a from-scratch patch net
+    generate_dataset("cbis-ddsm", root / "raw", 90, seed=3, size=(288, 224), conspicuity=2.0, lesion_scale=1.5,
+                     prevalence=0.6, workers=1)
     index = root / "idx"
     assert data_main(["index", "--format", "cbis-ddsm", str(root / "raw"), "--out", str(index)]) == 0
     assert data_main(["split", "--index", str(index), "--fractions", "train=0.5,val=0.1,test=0.4"]) == 0
@@ -46,12 +51,10 @@ def test_the_peak_falls_in_the_lesion(trained: tuple[Path, Path], tmp_path: Path
     out = tmp_path / method
     assert train_main(["explain", "--model", str(run / "whole_image.pt"), "--data", str(index), "--out", str(out),
                        "--method", method, "--threads", "1", "--workers", "1", "--quiet"]) == 0
-    table = pd.read_csv(out / "explain.csv")
-    scored = table[(table["label"] == 1) & table["peak_in_roi"].notna()]
-    accuracy = float(scored["peak_in_roi"].mean())
+    summary = pointing_game(pd.read_csv(out / "explain.csv"))
     with capsys.disabled():
-        print(f"\n{method}: pointing game {accuracy:.3f} on {len(scored)} malignant test images, "
-              f"mean ROI mass {scored['roi_mass'].mean():.3f}")
-    assert len(scored) >= 5
+        print(f"\n{method}: pointing game {summary.accuracy:.3f} ({summary.hits}/{summary.images} malignant test "
+              f"images; chance {summary.chance:.3f}), mean ROI mass {summary.mean_roi_mass:.3f}")
+    assert summary.images >= 20
     if method == "patch":  # the paper's heatmap: the patch classifier was trained on lesion patches
-        assert accuracy >= MIN_POINTING
+        assert summary.accuracy >= max(MIN_POINTING, MIN_OVER_CHANCE * summary.chance)
