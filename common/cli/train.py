@@ -4,6 +4,7 @@
     mammo-train patches | train-patch | train-whole | evaluate | baseline  (one step at a time, same RUNDIR)
     mammo-train compare A.csv B.csv   (paired AUC difference of two designs on one test set)
     mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta] [--threshold T]
+    mammo-train explain --model CKPT --data INDEXDIR --out DIR [--method patch|cam]   (heatmap overlays)
 """
 
 from __future__ import annotations
@@ -222,6 +223,30 @@ def _recall_threshold(args: argparse.Namespace, first: Any) -> float | None:
     return threshold
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mammo_fl.common.pipeline.explain_run import ExplainSettings, run_explain
+    from mammo_fl.common.utils.device import set_cpu_threads
+
+    set_cpu_threads(args.threads)
+    r = run_explain(ExplainSettings(
+        model=Path(args.model), data=Path(args.data), out=Path(args.out), split=args.split, images=args.images,
+        method=args.method, patch_model=Path(args.patch_model) if args.patch_model else None, dicom=args.dicom,
+        cache=Path(args.cache) if args.cache else None, batch_size=args.batch_size, workers=args.workers or None,
+        device=args.device or "auto", progress=not args.quiet))
+    for path, reason in r.skipped:
+        print(f"skipped {path}: {reason}")
+    print(f"{len(r.table)} images ({r.scope}), {args.method} heatmaps in {r.seconds:.1f} s -> {r.csv}")
+    if r.pointing is None:
+        print("no ROI annotations in the index: no localisation score")
+    elif r.pointing.images:
+        p = r.pointing
+        print(f"pointing game {p.accuracy:.3f} ({p.hits}/{p.images} malignant images with the peak in a malignant "
+              f"ROI; a random breast pixel: {p.chance:.3f}); mean heatmap mass inside ROIs {p.mean_roi_mass:.3f}")
+    else:
+        print("no malignant image with a malignant ROI among these images: no pointing-game score")
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--preset", default="cpu", help="train preset name (cpu, paper) or a TOML file")
     if data:
@@ -304,6 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="heatmap overlays (PNG, optional DICOM) + explain.csv + pointing game")
+    p.add_argument("--model", required=True, help="whole-image checkpoint (whole_image.pt, a federated final.pt)")
+    p.add_argument("--data", required=True, help="index directory (mammo-data index [+ split])")
+    p.add_argument("--out", required=True, help="output folder for the PNGs and explain.csv")
+    p.add_argument("--split", choices=["test", "val", "train"],
+                   help="default: test when the index has split.csv, else every image")
+    p.add_argument("--images", type=int, help="the first N images of the split, malignant ones first (default all)")
+    p.add_argument("--method", default="patch", choices=["patch", "cam"],
+                   help="patch: the patch classifier slid over the image (paper Fig. 1); cam: the whole-image "
+                   "model's class activation map (for a federated model without a patch net)")
+    p.add_argument("--patch-model", help="patch classifier checkpoint (default: patch_model.pt beside --model)")
+    p.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Captures (not for diagnosis)")
+    p.add_argument("--cache", help="preprocessing cache root (default INDEXDIR/cache)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0, help="processes preprocessing the images (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 on shared cores)")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
