@@ -1,11 +1,11 @@
-"""Aggregation: Flower's FedAvg / FedProx / FedAdam / FedYogi on screened replies, plus FedBN.
+"""Aggregation: Flower's FedAvg / FedProx / FedAvgM / FedAdam / FedYogi on screened replies, plus FedBN.
 
 We run our own round loop (bounded waits, screening, checkpoints) and use the Flower strategy
 object only for what it is good at: `aggregate_train`. Floating-point weights go through the
 strategy; integer buffers (BatchNorm's `num_batches_tracked`) get a rounded weighted mean.
 With FedBN the sites do not send BatchNorm weights/statistics, so the global model keeps its
-own and only the rest is aggregated. FedOpt moments (m_t, v_t) are saved in the run folder so
-`--resume` continues with the same optimiser state.
+own and only the rest is aggregated. FedOpt moments (m_t, v_t) and FedAvgM's momentum are saved in
+the run folder so `--resume` continues with the same optimiser state.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def build_strategy(s: FederationSettings) -> Any:
         return fs.FedAvg(**common)
     if s.strategy == "fedprox":
         return fs.FedProx(proximal_mu=s.finetune.proximal_mu, **common)
+    if s.strategy == "fedavgm":
+        return fs.FedAvgM(server_learning_rate=s.server_lr, server_momentum=s.server_momentum, **common)
     opt = dict(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
     if s.strategy == "fedadam":
         return fs.FedAdam(**common, **opt)
@@ -63,8 +65,11 @@ def aggregate(
             }
         )
         messages.append(_Reply(content))
-    if hasattr(strategy, "current_arrays"):  # FedOpt: what its configure_train would have set
-        strategy.current_arrays = {k: global_arrays[k] for k in float_keys}
+    current = {k: global_arrays[k] for k in float_keys}
+    if type(strategy).__name__ == "FedAvgM":  # what its configure_train would have set (an ArrayRecord)
+        strategy.current_arrays = P.numpy_to_arrayrecord(current)
+    elif hasattr(strategy, "current_arrays"):  # FedOpt: the same, as a dict
+        strategy.current_arrays = current
     new_record, _metrics = strategy.aggregate_train(server_round, messages)
     if new_record is None:
         raise RuntimeError("strategy returned no aggregate")
@@ -94,12 +99,15 @@ class _Reply:
 
 
 def save_strategy_state(strategy: Any, path: Path) -> None:
-    """FedOpt moments (m_t, v_t) -> npz; other strategies are stateless between rounds."""
+    """FedOpt moments (m_t, v_t) and FedAvgM's momentum (a list, in key order) -> npz; other
+    strategies are stateless between rounds."""
     arrays: dict[str, np.ndarray] = {}
     for name in ("m_t", "v_t"):
         moments = getattr(strategy, name, None)
         for k, v in (moments or {}).items():
             arrays[f"{name}/{k}"] = np.asarray(v)
+    for i, v in enumerate(getattr(strategy, "momentum_vector", None) or []):
+        arrays[f"momentum_vector/{i:06d}"] = np.asarray(v)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
@@ -115,6 +123,9 @@ def load_strategy_state(strategy: Any, path: Path) -> int:
             name, _, k = key.partition("/")
             restored.setdefault(name, {})[k] = data[key]
     for name, moments in restored.items():
-        if hasattr(strategy, name):
+        if name == "momentum_vector":
+            if hasattr(strategy, name):
+                setattr(strategy, name, [moments[k] for k in sorted(moments)])
+        elif hasattr(strategy, name):
             setattr(strategy, name, moments)
     return sum(len(m) for m in restored.values())
