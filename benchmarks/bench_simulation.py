@@ -7,6 +7,8 @@ INbreast-like dataset; one pooled fine-tuning and one federated fine-tuning (2 s
     python benchmarks/bench_simulation.py                 # short run
     python benchmarks/bench_simulation.py --quick         # the `quick` preset end to end (~10+ min)
     python benchmarks/bench_simulation.py --from-run DIR  # analyse an existing mammo-sim output folder
+    python benchmarks/bench_simulation.py --sites 2,5,10,20 [--patients 72 --rounds 2 --plot docs/sim_scaling.png]
+        # cost as sites grow: one federated run per K at a fixed total of patients (sim_scaling.py)
 
 Figures printed side by side: total wall time, Ray start-up, Flower simulation time,
 summed round time, slowest site's training per round, per-round overhead (messaging,
@@ -119,11 +121,20 @@ def main() -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="run the quick preset end to end")
     mode.add_argument("--from-run", type=Path, help="analyse an existing mammo-sim output folder")
+    mode.add_argument("--sites", help="comma-separated K: wall time and peak memory of one federated run per K")
+    parser.add_argument("--patients", type=int, default=72, help="--sites: total training patients (fixed over K)")
+    parser.add_argument("--rounds", type=int, default=2, help="--sites: federated rounds")
+    parser.add_argument("--local-epochs", type=int, default=1, help="--sites: local epochs per round")
+    parser.add_argument("--plot", type=Path, default=None, help="--sites: write the scaling plot here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--sites: extra mammo-sim --set overrides (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args()
     if args.from_run:
         report(args.from_run)
         return 0
+    if args.sites:
+        return _scaling(args)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_sim_"))
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mammo_fl.simulations.cli", "--out", str(work / "run")]
@@ -146,6 +157,22 @@ def main() -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report(work / "run", wall)
     print(f"peak RSS of the largest child process: {peak_mb:.0f} MB")
+    return 0
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    from sim_scaling import format_report, plot, run_scaling
+
+    ks = sorted({int(k) for k in args.sites.split(",") if k.strip()})
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench_sites_"))
+    work.mkdir(parents=True, exist_ok=True)
+    extra = [item for o in args.overrides for item in ("--set", o)]
+    rows = run_scaling(ks, args.patients, args.rounds, args.local_epochs, work, extra)
+    print()
+    print(format_report(rows))
+    if args.plot:
+        print(f"plot: {plot(rows, args.plot)}")
+    print(f"rows: {work / 'scaling.json'}")
     return 0
 
 

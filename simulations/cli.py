@@ -100,7 +100,11 @@ def _main(argv: list[str] | None) -> int:
     from mammo_fl.common.utils.config import load_config
     from mammo_fl.simulations.settings import parse_settings
 
-    parse_settings(load_config(args.preset, "sim", args.overrides))  # fail fast, before torch/Flower load
+    settings = parse_settings(load_config(args.preset, "sim", args.overrides))  # fail fast, before torch/Flower load
+    if settings.flower.ray_address:
+        from mammo_fl.simulations.flower_sim import check_ray_address
+
+        check_ray_address(settings.flower.ray_address)  # not after minutes of source-model building
     from mammo_fl.simulations.driver import run_simulation_study
 
     run_simulation_study(

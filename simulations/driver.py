@@ -153,7 +153,8 @@ def run_simulation_study(
     write_run_record(run_json, record)
 
     print()
-    print("Validation AUC by training-set size (Table 4 layout; mean ± sd over seeds, local: over sites and seeds)")
+    print("Validation AUC by training-set size (Table 4 layout; mean ± sd over seeds, local: over sites and seeds;")
+    print("paper T4: Shen et al. 2019 Table 4 on real INbreast, range over its four models, for reference)")
     print(format_table(table))
     if experiment.record.failures:
         print(f"\nmammo-sim: {len(experiment.record.failures)} job(s) failed (see run.json):")

@@ -92,9 +92,25 @@ def cluster_gpus(address: str) -> int:
         ray.shutdown()
 
 
+def check_ray_address(address: str, timeout_s: float = 10.0) -> None:
+    """Ray retries an unreachable GCS for minutes; a TCP probe of HOST:PORT fails in seconds."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        if address in ("auto", "local") or address.startswith("ray://"):
+            return  # Ray resolves these itself
+        raise ConfigError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def _connect(address: str, **kwargs: Any) -> None:
     import ray
 
+    check_ray_address(address)
     try:
         ray.init(address=address, logging_level=logging.WARNING, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
