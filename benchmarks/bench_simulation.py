@@ -96,7 +96,7 @@ def _queue_seconds(job: dict, slots: int) -> float:
     return max(0.0, total / slots - slowest) if total else 0.0
 
 
-def _tiny_inputs(work: Path) -> tuple[Path, Path]:
+def _tiny_inputs(work: Path, patients: int = 20) -> tuple[Path, Path]:
     """A tiny whole-image checkpoint and a small synthetic INbreast-like release folder."""
     import torch
 
@@ -112,7 +112,7 @@ def _tiny_inputs(work: Path) -> tuple[Path, Path]:
     save_checkpoint(ckpt, model, kind="whole_image", model_spec=spec,
                     preprocessing={"height": 128, "width": 96, "mode": "paper", "mean": 40.0},
                     class_names=["not_malignant", "malignant"])
-    data = generate_dataset("inbreast", work / "inbreast", 20, 5, size=(320, 256), prevalence=0.5)
+    data = generate_dataset("inbreast", work / "inbreast", patients, 5, size=(320, 256), prevalence=0.5)
     return ckpt, data
 
 
@@ -126,6 +126,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="--sites: federated rounds")
     parser.add_argument("--local-epochs", type=int, default=1, help="--sites: local epochs per round")
     parser.add_argument("--plot", type=Path, default=None, help="--sites: write the scaling plot here")
+    parser.add_argument("--tiny", action="store_true",
+                        help="--sites: a tiny model on small synthetic data (isolates the per-site framework cost; "
+                        "minutes) instead of the quick preset's source model and target")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="--sites: extra mammo-sim --set overrides (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
@@ -167,6 +170,11 @@ def _scaling(args: argparse.Namespace) -> int:
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_sites_"))
     work.mkdir(parents=True, exist_ok=True)
     extra = [item for o in args.overrides for item in ("--set", o)]
+    if args.tiny:
+        # enough patients that 70% of them fill `--patients` training patients; 128x96 model input
+        ckpt, data = _tiny_inputs(work, patients=int(args.patients / 0.7) + 4)
+        extra = ["--model", str(ckpt), "--inbreast", str(data), "--cache-dir", str(work / "cache"),
+                 "--set", "finetune.batch_size=4", *extra]
     rows = run_scaling(ks, args.patients, args.rounds, args.local_epochs, work, extra)
     print()
     print(format_report(rows))

@@ -1,8 +1,11 @@
 """Aggregation: Flower's FedAvg / FedProx / FedAvgM / FedAdam / FedYogi on screened replies, plus FedBN.
 
 We run our own round loop (bounded waits, screening, checkpoints) and use the Flower strategy
-object only for what it is good at: `aggregate_train`. Floating-point weights go through the
-strategy; integer buffers (BatchNorm's `num_batches_tracked`) get a rounded weighted mean.
+object only for what it is good at: `aggregate_train`. Learnable floating-point weights go through
+the strategy. BatchNorm statistics (`running_mean`, `running_var`) are averages, not parameters:
+they get the plain weighted mean, since a server step (FedAvgM's learning rate and momentum,
+FedAdam) would extrapolate them -- even to a negative variance. Integer buffers
+(`num_batches_tracked`) get a rounded weighted mean.
 With FedBN the sites do not send BatchNorm weights/statistics, so the global model keeps its
 own and only the rest is aggregated. FedOpt moments (m_t, v_t) and FedAvgM's momentum are saved in
 the run folder so `--resume` continues with the same optimiser state.
@@ -42,8 +45,15 @@ def build_strategy(s: FederationSettings) -> Any:
     return fs.FedYogi(**common, **opt)
 
 
+STATISTICS = ("running_mean", "running_var")
+
+
 def _is_float(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.floating)
+
+
+def _is_statistic(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in STATISTICS
 
 
 def aggregate(
@@ -53,8 +63,8 @@ def aggregate(
     from flwr.app import MetricRecord, RecordDict
 
     sent_keys = sorted(accepted[0].arrays or {})
-    float_keys = [k for k in sent_keys if _is_float(global_arrays[k])]
-    int_keys = [k for k in sent_keys if not _is_float(global_arrays[k])]
+    float_keys = [k for k in sent_keys if _is_float(global_arrays[k]) and not _is_statistic(k)]
+    mean_keys = [k for k in sent_keys if k not in float_keys]  # BatchNorm statistics and integer counters
     messages = []
     for rep in accepted:
         arrays = {k: rep.arrays[k] for k in float_keys}
@@ -78,9 +88,9 @@ def aggregate(
         new[k] = np.asarray(v, dtype=global_arrays[k].dtype).reshape(global_arrays[k].shape)
     weights = np.array([rep.metrics["num-examples"] for rep in accepted], dtype=np.float64)
     weights /= weights.sum()
-    for k in int_keys:
+    for k in mean_keys:
         mean = sum(w * rep.arrays[k].astype(np.float64) for w, rep in zip(weights, accepted, strict=True))
-        new[k] = np.rint(mean).astype(global_arrays[k].dtype)
+        new[k] = (mean if _is_float(global_arrays[k]) else np.rint(mean)).astype(global_arrays[k].dtype)
     return new
 
 

@@ -51,3 +51,19 @@ def test_fedavgm_momentum_survives_save_and_load(tmp_path):
 def test_bad_server_step_is_a_config_error(values):
     with pytest.raises(ConfigError, match="server-lr"):
         FederationSettings.from_run_config({"strategy": "fedavgm", **values})
+
+
+@pytest.mark.parametrize("strategy", ["fedavgm", "fedadam"])
+def test_batchnorm_statistics_are_averaged_not_stepped(strategy):
+    """A server step on running_var would extrapolate it (to a negative variance with a large step)."""
+    s = FederationSettings(strategy=strategy, min_sites=2, server_lr=3.0, server_momentum=0.9, eta=0.5)
+    strat = build_strategy(s)
+    glob = {"w": np.zeros(3, np.float32), "bn.running_var": np.full(3, 1.0, np.float32),
+            "bn.num_batches_tracked": np.array(10, np.int64)}
+    replies = [Screened(i, f"site_{i}", {"w": np.full(3, 0.5, np.float32), "bn.running_var": np.full(3, v, np.float32),
+                                          "bn.num_batches_tracked": np.array(12, np.int64)}, {"num-examples": n})
+               for i, (v, n) in enumerate([(0.2, 1), (0.5, 3)])]
+    new = aggregate(strat, 1, glob, replies)
+    np.testing.assert_allclose(new["bn.running_var"], (0.2 * 1 + 0.5 * 3) / 4, rtol=1e-6)  # weighted mean
+    assert new["bn.running_var"].dtype == np.float32 and int(new["bn.num_batches_tracked"]) == 12
+    assert not np.allclose(new["w"], 0.5)  # the learnable weight did get the server step
