@@ -136,9 +136,24 @@ def _init_ray(config: dict[str, Any], threads_per_site: int) -> tuple[float, dic
     if "address" in init_args:
         _connect(init_args.pop("address"), runtime_env=runtime_env, log_to_driver=True, **init_args)
     else:
-        ray.init(runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=True, **init_args)
+        _start_local_ray(runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=True, **init_args)
     seconds = time.perf_counter() - start
     return seconds, {k: float(v) for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+
+
+def _start_local_ray(attempts: int = 3, **kwargs: Any) -> None:
+    """ray.init, retried: Ray gives its raylet a fixed 30 s to register, which a loaded host can miss."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("Ray start-up timed out (attempt %d of %d); retrying", attempt, attempts)
+            ray.shutdown()
 
 
 def simulate_federation(
