@@ -171,8 +171,9 @@ def _scaling(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     extra = [item for o in args.overrides for item in ("--set", o)]
     if args.tiny:
-        # enough patients that 70% of them fill `--patients` training patients; 128x96 model input
-        ckpt, data = _tiny_inputs(work, patients=int(args.patients / 0.7) + 4)
+        # enough patients that 70% of them fill `--patients` training patients and the 30% validation
+        # patients can be dealt one or more to each of the largest K sites
+        ckpt, data = _tiny_inputs(work, patients=max(int(args.patients / 0.7), int(max(ks) / 0.3)) + 4)
         extra = ["--model", str(ckpt), "--inbreast", str(data), "--cache-dir", str(work / "cache"),
                  "--set", "finetune.batch_size=4", *extra]
     rows = run_scaling(ks, args.patients, args.rounds, args.local_epochs, work, extra)

@@ -90,6 +90,8 @@ def _deal_validation(val_images: pd.DataFrame, by_site: dict[str, pd.DataFrame],
 
     names = sorted(by_site)
     patients = patient_table(val_images)
+    if len(patients) < len(names):  # every site validates on a share of its own
+        raise DataError(None, f"the validation set has {len(patients)} patients, fewer than the {len(names)} sites")
     scanners = _scanners(by_site)
     pid = val_images["patient_id"].astype(str)
     if "vendor" in patients.columns and len({frozenset(v) for v in scanners.values()}) > 1:
