@@ -3,6 +3,8 @@
 Writes the SuperNode's node config (site name, data folder, state folder) into the site's state
 dir and supervises `flower-supernode`: waits (with back-off) until the coordinator answers,
 restarts the SuperNode when it exits, and stops it gracefully (it deregisters) on Ctrl-C/SIGTERM.
+Next to it runs the site worker (client/worker.py: torch, the preloaded images and the model stay
+warm between rounds), restarted with back-off when it dies and stopped with mammo-client.
 Flower's own output goes to STATE/supernode.log; the console gets one line per event.
 """
 
@@ -15,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from mammo_fl.client.channel import socket_path
 from mammo_fl.client.site import STATE_SUBDIR
+from mammo_fl.client.worker_process import SiteWorker
 from mammo_fl.common.cli import run_cli
 from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 from mammo_fl.common.federation.processes import (
@@ -30,6 +34,7 @@ from mammo_fl.common.federation.processes import (
 )
 
 MAX_BACKOFF_S = 10.0  # a /health probe every 10 s costs nothing
+SUPEREXEC_POLL_S = "0.1"
 STABLE_RUN_S = 60.0  # a SuperNode that ran this long resets the back-off
 
 
@@ -60,7 +65,7 @@ def say(site: str, text: str) -> None:
     print(f"mammo-client[{site}]: {text}", flush=True)
 
 
-def write_node_config(args: argparse.Namespace, state_dir: Path) -> Path:
+def write_node_config(args: argparse.Namespace, state_dir: Path, worker_socket: Path | None = None) -> Path:
     """Node config as a TOML file of literal strings (Windows paths survive)."""
     lines = [
         f"site = {toml_literal(args.site)}",
@@ -70,6 +75,8 @@ def write_node_config(args: argparse.Namespace, state_dir: Path) -> Path:
         f"num-threads = {int(args.num_threads)}",
         f"cache-workers = {int(args.cache_workers)}",
     ]
+    if worker_socket is not None:  # the ClientApp hands its work to the site worker (client/worker.py)
+        lines.append(f"worker-socket = {toml_literal(str(worker_socket))}")
     if args.test_fault:
         lines.append(f"test-fault = {toml_literal(args.test_fault)}")
     path = state_dir / "node-config.toml"
@@ -114,11 +121,13 @@ def supernode_command(args: argparse.Namespace, node_config: Path, port: int) ->
     ]
 
 
-def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> int:
-    env = flower_env(state_dir / "flwr-home")
+def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path, worker: SiteWorker) -> int:
+    # SuperExec polls its SuperNode for new messages every 1 s by default; 0.1 s cuts that wait per message
+    env = flower_env(state_dir / "flwr-home", {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
     backoff = 1.0
     proc: subprocess.Popen | None = None
     try:
+        say(args.site, f"site worker started (pid {worker.start()}, log {worker.log_path})")
         while True:
             stop_at = time.monotonic() + args.retry_for if args.retry_for > 0 else None
             wait_for_coordinator(args, stop_at)
@@ -127,7 +136,7 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> i
             say(args.site, f"coordinator reachable; SuperNode started (pid {proc.pid}, "
                            f"log {state_dir / 'supernode.log'})")
             started = time.monotonic()
-            code = proc.wait()
+            code = _wait_supernode(args, proc, worker)
             if time.monotonic() - started > STABLE_RUN_S:
                 backoff = 1.0
             say(args.site, f"SuperNode exited with status {code}; restarting in {backoff:.0f} s "
@@ -139,6 +148,18 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> i
         return 0
     finally:
         stop_daemon(proc)
+        worker.stop()
+
+
+def _wait_supernode(args: argparse.Namespace, proc: subprocess.Popen, worker: SiteWorker) -> int:
+    """Until the SuperNode exits, keeping the site worker alive; the SuperNode's exit status."""
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            line = worker.check()
+            if line:
+                say(args.site, line)
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -158,10 +179,11 @@ def _main(argv: list[str] | None = None) -> int:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(state_dir, f"cannot create the site state folder ({exc.strerror})") from None
-    node_config = write_node_config(args, state_dir)
+    worker = SiteWorker(socket_path(state_dir), state_dir / "worker.log", flower_env(state_dir / "flwr-home"))
+    node_config = write_node_config(args, state_dir, worker.socket_path)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    return supervise(args, state_dir, node_config)
+    return supervise(args, state_dir, node_config, worker)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,13 @@
 """The coordinator's round loop (runs inside the ServerApp process).
 
-Per round: wait (bounded) for `min-sites` sites -> send the global model for local fine-tuning ->
-screen replies (errors, NaN/Inf, wrong keys/shapes; the site is named) -> aggregate with the
-configured strategy -> federated evaluation of the new global model (pooled histograms) ->
-checkpoint, metrics, strategy state, then the resume marker. A round with too few valid
-updates is retried; a run that cannot make progress fails with a one-line reason.
+One message per site per round: wait (bounded) for `min-sites` sites -> send the global model
+(full, or the delta against the model the site holds: server/downlink.py) -> each site scores
+it on its validation split, then fine-tunes it, and replies with both -> screen replies (errors,
+NaN/Inf, wrong keys/shapes; the site is named) -> aggregate with the configured strategy ->
+checkpoint, metrics, strategy state, then the resume marker. The evaluation in round r's replies
+is that of round r-1's model (pooled histograms); the final model is evaluated by one more
+message after the last round. A round with too few valid updates is retried; a run that cannot
+make progress fails with a one-line reason.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from typing import Any
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import ConfigError, MammoError
-from mammo_fl.server.pooled_metrics import check_bins, pool_histograms
+from mammo_fl.server import round_rows as R
+from mammo_fl.server.downlink import Downlink
 from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
 from mammo_fl.server.global_model import GlobalModel
+from mammo_fl.server.pooled_metrics import check_bins, pool_histograms
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
-from mammo_fl.server.validate import Rejected, Screened, expected_specs, screen
+from mammo_fl.server.validate import Rejected, RoundReplies, Screened, expected_specs, screen
 
 LOG = logging.getLogger("mammo.server")
 
@@ -53,6 +58,7 @@ class RoundContext:
     model: GlobalModel
     strategy: Any
     fed_id: str
+    downlink: Downlink
     started: bool = False  # a training round of this launch has started
 
 
@@ -97,34 +103,56 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         for stale in (rundir.state_file, rundir.metrics_json):
             stale.unlink(missing_ok=True)
         first = 1
-    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
+    downlink = Downlink(model.arrays, model.exchanged_keys(s.fedbn, s.train_layers), s.wire_dtype)
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink)
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
-                 min_sites=s.min_sites, weights=len(model.arrays))
-    if first == 1 and s.evaluate_initial and not rows:
-        _wait_for_round(ctx, 0, first_round=True)
-        rows.append(_evaluation_row(ctx, 0, _evaluate(ctx, 0)))
-        rundir.write_rows(rows)
-        rundir.event("round_end", **rows[-1])
+                 min_sites=s.min_sites, weights=len(model.arrays), wire=s.wire_dtype, train_layers=s.train_layers)
+    previous_start: float | None = None
     for rnd in range(first, s.num_server_rounds + 1):
-        row = _train_round(ctx, rnd)
+        start = time.monotonic()
+        if previous_start is not None:
+            R.set_round_seconds(rows, rnd - 1, start - previous_start)
+        previous_start = start
+        # round r's sites first score the model they receive (round r-1's; round 0 = the initial model)
+        evaluate = rnd > 1 or s.evaluate_initial
+        row, evaluated = _train_round(ctx, rnd, evaluate)
         rows.append(row)
-        provenance = {"federation": {"round": rnd, "strategy": s.strategy, "fedbn": s.fedbn,
-                                     "sites": row["sites"], "run_id": run_id}}
-        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-        model.save(rundir.round_checkpoint(rnd), provenance, metrics)
-        save_strategy_state(strategy, rundir.strategy_file)
-        rundir.write_rows(rows)
-        rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": run_id})
-        rundir.event("round_end", **row)
+        if evaluated is not None:
+            R.apply_evaluation(rows, rnd - 1, evaluated, source=f"round {rnd}")
+        _commit(ctx, rnd, rows)
+        rundir.event("round_end", **row, seconds=time.monotonic() - start, evaluated_model=rnd - 1 if evaluated else None,
+                     **{f"eval_{k}": v for k, v in (evaluated or {}).items()})
     last = s.num_server_rounds
+    final_start = time.monotonic()
+    if previous_start is not None:
+        R.set_round_seconds(rows, last, final_start - previous_start)
+    evaluated = _final_evaluation(ctx, last)
+    if evaluated is not None:
+        R.apply_evaluation(rows, last, {**evaluated, "evaluate_seconds": time.monotonic() - final_start},
+                           source="final")
+        rundir.event("final_evaluation", model=last, **evaluated)
+    rundir.write_rows(rows)
     shutil.copy2(rundir.round_checkpoint(last), rundir.final)
     rundir.set_status("completed", run_id=run_id, rounds=last, final=str(rundir.final))
     rundir.event("done", rounds=last)
     _log("Federation finished: %d rounds, final model %s", last, rundir.final)
 
 
-def _round_config(ctx: RoundContext, rnd: int) -> Any:
+def _commit(ctx: RoundContext, rnd: int, rows: list[dict[str, Any]]) -> None:
+    """Checkpoint -> strategy state -> metrics -> state.json (the resume point): rundir's commit protocol."""
+    s = ctx.settings
+    row = rows[-1]
+    provenance = {"federation": {"round": rnd, "strategy": s.strategy, "fedbn": s.fedbn, "sites": row["sites"],
+                                 "run_id": ctx.run_id, "wire": s.wire_dtype, "train_layers": s.train_layers}}
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+    ctx.model.save(ctx.rundir.round_checkpoint(rnd), provenance, metrics)
+    save_strategy_state(ctx.strategy, ctx.rundir.strategy_file)
+    ctx.rundir.write_rows(rows)
+    ctx.rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": ctx.run_id})
+
+
+def _round_config(ctx: RoundContext, rnd: int, evaluate: bool = False) -> Any:
     s = ctx.settings
     return RoundConfig(
         server_round=rnd,
@@ -139,13 +167,10 @@ def _round_config(ctx: RoundContext, rnd: int) -> Any:
         num_threads=s.num_threads,
         tta=s.tta,
         hist_bins=s.hist_bins,
+        evaluate=evaluate,
+        train_layers=s.train_layers,
+        wire_dtype=s.wire_dtype,
     ).to_record()
-
-
-def _content(ctx: RoundContext, rnd: int) -> Any:
-    from flwr.app import RecordDict
-
-    return RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(ctx.model.arrays), P.CONFIG: _round_config(ctx, rnd)})
 
 
 def _report_missing(ctx: RoundContext, rnd: int, kind: str, col: Collected) -> None:
@@ -161,23 +186,72 @@ def _report_rejected(ctx: RoundContext, rnd: int, kind: str, rejected: list[Reje
         _log("Round %d %s: rejected %s: %s", rnd, kind, rej.site, rej.reason)
 
 
-def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
+@dataclass
+class _Sent:
+    col: Collected
+    bytes_down: dict[int, int]  # node -> serialised bytes of what it was sent
+
+
+def _needs_full(reply: Any) -> bool:
+    from mammo_fl.common.federation import protocol as P
+
+    if reply.has_error():
+        return False
+    rec = reply.content.config_records.get(P.SITE)
+    return rec is not None and rec.get("status") == P.STATUS_NEED_FULL
+
+
+def _send(ctx: RoundContext, nodes: list[int], message_type: str, config: Any, group: str) -> _Sent:
+    """One exchange; a site that lacks the model a delta was made against is sent the full model at once."""
+    s = ctx.settings
+    contents = ctx.downlink.contents(nodes, config)
+    sizes = _sizes(contents)
+    col = exchange(ctx.grid, nodes, message_type, contents, group, s.round_timeout)
+    again = [n for n, reply in col.replies.items() if _needs_full(reply)]
+    if again:
+        for n in again:
+            del col.replies[n]
+        full = ctx.downlink.contents(again, config, force_full=True)
+        sizes.update({n: sizes[n] + size for n, size in _sizes(full).items()})
+        more = exchange(ctx.grid, again, message_type, full, f"{group}-full", s.round_timeout)
+        col.replies.update(more.replies)
+        col.timed_out += more.timed_out
+        col.left += more.left
+        col.seconds += more.seconds
+    return _Sent(col, sizes)
+
+
+def _sizes(contents: dict[int, Any]) -> dict[int, int]:
+    """Serialised size per node (computed once per distinct RecordDict)."""
+    by_id: dict[int, int] = {}
+    return {n: by_id.setdefault(id(c), P.recorddict_nbytes(c)) for n, c in contents.items()}
+
+
+def _mean(values: list[int]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def _train_round(ctx: RoundContext, rnd: int, evaluate: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(round r's training row, the evaluation of the model the sites received, when asked)."""
     from flwr.app import MessageType
 
     s = ctx.settings
-    expected = expected_specs(ctx.model.arrays, ctx.model.exchanged_keys(s.fedbn))
-    t0 = time.monotonic()
+    expected = expected_specs(ctx.downlink.arrays, ctx.downlink.exchanged)
+    evals: dict[str, Screened] = {}
     for attempt in range(s.round_retries + 1):
         nodes = _wait_for_round(ctx, rnd, first_round=not ctx.started)
         ctx.started = True
         ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt)
-        _log("Round %d: training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
-        content = _content(ctx, rnd)
-        col = exchange(ctx.grid, nodes, MessageType.TRAIN, content, str(rnd), s.round_timeout)
-        _report_missing(ctx, rnd, "train", col)
-        accepted, rejected = screen(col.replies, True, expected)
-        accepted, dup = _dedupe_sites(accepted)
-        _report_rejected(ctx, rnd, "train", rejected + dup)
+        _log("Round %d: evaluating and training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
+        sent = _send(ctx, nodes, MessageType.TRAIN, _round_config(ctx, rnd, evaluate), str(rnd))
+        _report_missing(ctx, rnd, "train", sent.col)
+        got = screen(sent.col.replies, train=True, evaluate=evaluate, expected=expected,
+                     decode=ctx.downlink.decode_update)
+        ctx.downlink.note(got.held)
+        accepted, dup = _dedupe_sites(got.train)
+        _report_rejected(ctx, rnd, "train", got.rejected_train + dup)
+        if evaluate:
+            evals.update({e.site: e for e in _accept_evals(ctx, rnd, got)})
         if len(accepted) >= s.min_sites:
             break
         ctx.rundir.event("round_retry", round=rnd, valid=len(accepted), need=s.min_sites, attempt=attempt)
@@ -186,32 +260,48 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
             f"round {rnd}: only {len(accepted)} valid site update(s), {s.min_sites} required, "
             f"after {s.round_retries + 1} attempt(s)"
         )
-    train_seconds = col.seconds
-    ctx.model.arrays = aggregate(ctx.strategy, rnd, ctx.model.arrays, accepted)
-    max_site = max(float(r.metrics["train-seconds"]) for r in accepted)
-    total = sum(int(r.metrics["num-examples"]) for r in accepted)
-    loss = sum(float(r.metrics["train-loss"]) * int(r.metrics["num-examples"]) for r in accepted) / total
-    bytes_out = P.recorddict_nbytes(content)
-    bytes_in = [P.recorddict_nbytes(col.replies[r.node].content) for r in accepted]
-    t_eval = time.monotonic()
-    evaluation = _evaluate(ctx, rnd)
-    eval_seconds = time.monotonic() - t_eval
-    row = _evaluation_row(ctx, rnd, evaluation)
-    row.update(
-        sites=len(accepted),
-        train_loss=loss,
-        round_seconds=time.monotonic() - t0,
-        max_site_train_seconds=max_site,
-        # the sum shows queueing: with fewer CPU/GPU slots than sites the train exchange takes ~sum/slots
-        sum_site_train_seconds=sum(float(r.metrics["train-seconds"]) for r in accepted),
-        overhead_seconds=train_seconds - max_site,
-        evaluate_seconds=eval_seconds,
-        bytes_to_each_site=bytes_out,
-        bytes_from_sites=int(sum(bytes_in)),
-        rejected=len(rejected) + len(dup),
-        site_names=",".join(sorted(r.site for r in accepted)),
-    )
-    return row
+    aggregated = aggregate(ctx.strategy, rnd, ctx.downlink.arrays, accepted)
+    ctx.model.arrays = ctx.downlink.publish(aggregated)
+    bytes_up = [P.recorddict_nbytes(sent.col.replies[r.node].content) for r in accepted]
+    eval_list = sorted(evals.values(), key=lambda e: e.site)
+    row = R.train_row(rnd, accepted, eval_list, len(got.rejected_train) + len(dup),
+                      _mean([sent.bytes_down[n] for n in nodes]), _mean(bytes_up), s.wire_dtype)
+    if not evaluate:
+        return row, None
+    return row, R.evaluation_fields(eval_list, pool_histograms(eval_list, s.hist_bins, s.threshold), s.threshold)
+
+
+def _accept_evals(ctx: RoundContext, rnd: int, got: RoundReplies) -> list[Screened]:
+    """Evaluations with the right bin count, one per site; the rest are reported."""
+    s = ctx.settings
+    accepted, dup = _dedupe_sites(got.evals)
+    accepted, bad_bins = check_bins(accepted, s.hist_bins)
+    rejected = got.rejected_eval + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
+    _report_rejected(ctx, rnd, "evaluate", rejected)
+    return accepted
+
+
+def _final_evaluation(ctx: RoundContext, last: int) -> dict[str, Any] | None:
+    """One more message after the last round: every online site scores the final model."""
+    from flwr.app import MessageType
+
+    s = ctx.settings
+    nodes = online_nodes(ctx.grid)
+    if not nodes:
+        return None
+    _log("Final model: evaluating at %d sites", len(nodes))
+    sent = _send(ctx, nodes, MessageType.EVALUATE, _round_config(ctx, last, evaluate=True), f"eval-{last}")
+    _report_missing(ctx, last, "evaluate", sent.col)
+    got = screen(sent.col.replies, train=False, evaluate=True)
+    ctx.downlink.note(got.held)
+    accepted = _accept_evals(ctx, last, got)
+    summary = pool_histograms(accepted, s.hist_bins, s.threshold)
+    _log("Final model: pooled AUC %s over %d site(s)", _fmt_auc(summary.pooled_auc), len(accepted))
+    return R.evaluation_fields(accepted, summary, s.threshold)
+
+
+def _fmt_auc(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"
 
 
 def _wait_for_round(ctx: RoundContext, rnd: int, first_round: bool) -> list[int]:
@@ -246,43 +336,3 @@ def _dedupe_sites(accepted: list[Screened]) -> tuple[list[Screened], list[Reject
     # Site-name order, not arrival order: float sums in the aggregation then do not depend on which
     # site answered first, so a seeded run gives bit-identical global models.
     return sorted(keep, key=lambda rep: rep.site), dup
-
-
-def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
-    from flwr.app import MessageType
-
-    s = ctx.settings
-    nodes = online_nodes(ctx.grid)
-    if not nodes:
-        return [], pool_histograms([], s.hist_bins, s.threshold)
-    col = exchange(ctx.grid, nodes, MessageType.EVALUATE, _content(ctx, rnd), f"eval-{rnd}", s.round_timeout)
-    _report_missing(ctx, rnd, "evaluate", col)
-    accepted, rejected = screen(col.replies, False, None)
-    accepted, dup = _dedupe_sites(accepted)
-    accepted, bad_bins = check_bins(accepted, s.hist_bins)
-    rejected = rejected + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
-    _report_rejected(ctx, rnd, "evaluate", rejected)
-    return accepted, pool_histograms(accepted, s.hist_bins, s.threshold)
-
-
-def _evaluation_row(ctx: RoundContext, rnd: int, evaluation: tuple[list[Screened], Any]) -> dict[str, Any]:
-    accepted, summary = evaluation
-    row: dict[str, Any] = {
-        "round": rnd,
-        "pooled_auc": summary.pooled_auc,
-        "sites": len(accepted),
-        "eval_sites": len(accepted),
-        "sens": summary.sens,
-        "spec": summary.spec,
-        "threshold": ctx.settings.threshold,
-        "n_pos": summary.n_pos,
-        "n_neg": summary.n_neg,
-    }
-    for site, value in sorted(summary.site_auc.items()):
-        row[f"auc_{site}"] = value
-    _log(
-        "Round %d: pooled AUC %s over %d site(s) (%d pos / %d neg)",
-        rnd, "nan" if math.isnan(summary.pooled_auc) else f"{summary.pooled_auc:.4f}",
-        len(accepted), summary.n_pos, summary.n_neg,
-    )
-    return row

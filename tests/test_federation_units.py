@@ -12,6 +12,7 @@ import pytest
 import tomllib
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation import wire as W
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.common.evaluation.metrics import auc, score_histograms
 from mammo_fl.server.pooled_metrics import pool_histograms
@@ -53,41 +54,60 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
-def _reply(node_arrays: dict[str, np.ndarray] | None, metrics: dict, site: str = "a", status: str = "ok"):
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-
-    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "DataError: bad"})})
-    if metrics:
-        content[P.METRICS] = MetricRecord(metrics)
-    if node_arrays is not None:
-        content[P.ARRAYS] = P.numpy_to_arrayrecord(node_arrays)
-    return Message(content, 1, "train")
-
-
 GOOD = {"w": np.ones((2, 3), np.float32), "n": np.array(5, np.int64)}
 SPECS = {"w": ArraySpec((2, 3), "float32"), "n": ArraySpec((), "int64")}
 TRAIN_M = {"num-examples": 4, "train-loss": 0.5, "train-seconds": 1.0}
+EVAL_M = {"num-examples": 3, "num-pos": 1, "hist-neg": [2, 0], "hist-pos": [0, 1], "eval-seconds": 0.5}
+
+
+def _reply(update: dict[str, np.ndarray] | None, metrics: dict, site: str = "a", status: str = "ok",
+           evaluation: dict | None = None, base: dict[str, np.ndarray] | None = None):
+    """A site's reply as client/app.py builds it: the update travels as an fp16 delta against `base`."""
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "DataError: bad",
+                                                "held": "d1"})})
+    if metrics:
+        content[P.METRICS] = MetricRecord(metrics)
+    if evaluation:
+        content[P.EVAL] = MetricRecord(evaluation)
+    if update is not None:
+        base = base if base is not None else {k: np.zeros_like(v) for k, v in update.items()}
+        packed = W.pack_delta(update, base, W.Layout.of(update), "fp16")
+        record, meta = P.packed_to_records(packed)
+        content[P.ARRAYS] = record
+        content[P.WIRE] = ConfigRecord(meta)
+    return Message(content, 1, "train")
 
 
 def test_screen_names_the_site_and_the_problem(task_identity):
+    from mammo_fl.server.downlink import Downlink
+
+    down = Downlink({k: np.zeros_like(v) for k, v in GOOD.items()}, ["n", "w"], "fp16")
     nan = {**GOOD, "w": GOOD["w"].copy()}
     nan["w"][0, 0] = np.nan
     replies = {
-        1: _reply(GOOD, TRAIN_M, "good"),
-        2: _reply(nan, TRAIN_M, "nan-site"),
+        1: _reply(GOOD, TRAIN_M, "good", evaluation=EVAL_M),
+        2: _reply(nan, TRAIN_M, "nan-site", evaluation=EVAL_M),
         3: _reply({"w": np.ones((3, 2), np.float32), "n": GOOD["n"]}, TRAIN_M, "shape-site"),
         4: _reply({"w": GOOD["w"]}, TRAIN_M, "keys-site"),
         5: _reply(None, {}, "broken-site", status="error"),
         6: _reply(GOOD, {"num-examples": 4, "loss": 0.5, "train-seconds": 1.0}, "metric-site"),
+        7: _reply(None, {}, "stale-site", status=P.STATUS_NEED_FULL),
     }
-    accepted, rejected = screen(replies, True, SPECS)
-    assert [a.site for a in accepted] == ["good"]
-    reasons = {r.site: r.reason for r in rejected}
+    got = screen(replies, train=True, evaluate=True, expected=SPECS, decode=down.decode_update)
+    assert [a.site for a in got.train] == ["good"]
+    np.testing.assert_array_equal(got.train[0].arrays["w"], GOOD["w"])  # decoded back to fp32 weights
+    assert int(got.train[0].arrays["n"]) == 5
+    # the NaN site's update is rejected, but the evaluation it did before training still counts
+    assert [e.site for e in got.evals] == ["good", "nan-site"] and got.need_full == [7]
+    reasons = {r.site: r.reason for r in got.rejected_train}
     assert "NaN/Inf" in reasons["nan-site"]
-    assert "shape (3, 2)" in reasons["shape-site"]
-    assert "missing 1 weight" in reasons["keys-site"] and "'n'" in reasons["keys-site"]
+    assert "different model layout" in reasons["shape-site"] and "different model layout" in reasons["keys-site"]
     assert reasons["broken-site"] == "site error: DataError: bad"
     assert "metric names" in reasons["metric-site"]
+    assert {r.site for r in got.rejected_eval} == {"shape-site", "keys-site", "metric-site"}  # no evaluation sent
+    assert got.held[1] == "d1" and 5 not in got.held
 
 
 def test_check_arrays_rejects_inf_and_dtype():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation.wire import check_wire_dtype
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
 
@@ -88,10 +89,13 @@ class RoundConfig:
     num_threads: int = 0
     tta: bool = False
     hist_bins: int = 1000
+    evaluate: bool = False  # score the received model on the validation split before training (fused round)
+    train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
+    wire_dtype: str = "fp32"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins")
+                "hist_bins", "evaluate", "train_layers", "wire_dtype")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord
@@ -117,4 +121,13 @@ class RoundConfig:
         except ValueError:
             raise ConfigError("round config: model-spec / preprocessing are not JSON") from None
         values["finetune"] = finetune_from_keys(record)
-        return dataclasses.replace(defaults, **values)
+        out = dataclasses.replace(defaults, **values)
+        check_train_layers(out.train_layers)
+        check_wire_dtype(out.wire_dtype)
+        return out
+
+
+def check_train_layers(name: str) -> str:
+    if name not in P.TRAIN_LAYERS:
+        raise ConfigError(f"train-layers {name!r} unknown; choose one of {', '.join(P.TRAIN_LAYERS)}")
+    return name

@@ -63,6 +63,12 @@ class Layout:
         return cls(tuple(names), tuple(tuple(np.shape(arrays[k])) for k in names),
                    tuple(str(np.asarray(arrays[k]).dtype) for k in names))
 
+    @classmethod
+    def of_specs(cls, specs: Mapping[str, tuple[tuple[int, ...], str]], keys: Sequence[str]) -> Layout:
+        """From (shape, numpy dtype name) per key, e.g. read off a torch state dict without copying it."""
+        names = sorted(keys)
+        return cls.of({k: np.empty(specs[k][0], dtype=specs[k][1]) for k in names})
+
     @property
     def float_keys(self) -> list[str]:
         return [k for k, d in zip(self.keys, self.dtypes, strict=True) if d == "float32"]
