@@ -73,14 +73,14 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], dict[str, np.ndarray]]
     return header, arrays
 
 
-def socket_path(state_dir: Path) -> Path:
-    """Where a site's worker listens: STATE/worker.sock, or a private temp dir when that path is too long."""
-    path = Path(state_dir).resolve() / "worker.sock"
+def socket_path(state_dir: Path, name: str = "worker.sock") -> Path:
+    """Where a site's helper listens: STATE/NAME, or a private temp dir when that path is too long."""
+    path = Path(state_dir).resolve() / name
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
     import tempfile
 
-    return Path(tempfile.mkdtemp(prefix="mammo-site-")) / "worker.sock"  # mkdtemp: mode 0700
+    return Path(tempfile.mkdtemp(prefix="mammo-site-")) / name  # mkdtemp: mode 0700
 
 
 def listen(path: Path) -> socket.socket:

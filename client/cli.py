@@ -3,14 +3,16 @@
 Writes the SuperNode's node config (site name, data folder, state folder) into the site's state
 dir and supervises `flower-supernode`: waits (with back-off) until the coordinator answers,
 restarts the SuperNode when it exits, and stops it gracefully (it deregisters) on Ctrl-C/SIGTERM.
-Next to it runs the site worker (client/worker.py: torch, the preloaded images and the model stay
-warm between rounds), restarted with back-off when it dies and stopped with mammo-client.
+Next to it run the site worker (client/worker.py: torch, the preloaded images and the model stay
+warm between rounds) and a pre-started flwr-clientapp (client/launcher.py: no Flower import per
+message), each restarted with back-off when it dies and stopped with mammo-client.
 Flower's own output goes to STATE/supernode.log; the console gets one line per event.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -18,8 +20,10 @@ import time
 from pathlib import Path
 
 from mammo_fl.client.channel import socket_path
+from mammo_fl.client.launcher import write_shim
 from mammo_fl.client.site import STATE_SUBDIR
-from mammo_fl.client.worker_process import SiteWorker
+from mammo_fl.client.worker_process import ClientAppLauncher, Helper, SiteWorker
+from mammo_fl.common.federation.flower_private import clientapp_command
 from mammo_fl.common.cli import run_cli
 from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 from mammo_fl.common.federation.processes import (
@@ -57,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads for local training (0 = default)")
     p.add_argument("--cache-workers", type=int, default=0,
                    help="processes for the first-round image preprocessing (0 = all cores)")
+    p.add_argument("--cold-clientapp", action="store_true",
+                   help="let Flower start a fresh flwr-clientapp per message instead of the pre-started launcher")
     p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS
     return p
 
@@ -121,13 +127,24 @@ def supernode_command(args: argparse.Namespace, node_config: Path, port: int) ->
     ]
 
 
-def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path, worker: SiteWorker) -> int:
+def supernode_env(state_dir: Path, launcher: ClientAppLauncher | None) -> dict[str, str]:
+    """Flower's environment for the SuperNode; with the launcher, its `flwr-clientapp` shim comes first on PATH."""
     # SuperExec polls its SuperNode for new messages every 1 s by default; 0.1 s cuts that wait per message
     env = flower_env(state_dir / "flwr-home", {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
+    if launcher is not None:
+        shim = write_shim(state_dir / "bin", launcher.socket_path, flower_binary(clientapp_command()))
+        env["PATH"] = f"{shim.parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path, helpers: list[Helper]) -> int:
+    launcher = next((h for h in helpers if isinstance(h, ClientAppLauncher)), None)
+    env = supernode_env(state_dir, launcher)
     backoff = 1.0
     proc: subprocess.Popen | None = None
     try:
-        say(args.site, f"site worker started (pid {worker.start()}, log {worker.log_path})")
+        for helper in helpers:
+            say(args.site, f"{helper.name} started (pid {helper.start()}, log {helper.log_path})")
         while True:
             stop_at = time.monotonic() + args.retry_for if args.retry_for > 0 else None
             wait_for_coordinator(args, stop_at)
@@ -136,7 +153,7 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path, work
             say(args.site, f"coordinator reachable; SuperNode started (pid {proc.pid}, "
                            f"log {state_dir / 'supernode.log'})")
             started = time.monotonic()
-            code = _wait_supernode(args, proc, worker)
+            code = _wait_supernode(args, proc, helpers)
             if time.monotonic() - started > STABLE_RUN_S:
                 backoff = 1.0
             say(args.site, f"SuperNode exited with status {code}; restarting in {backoff:.0f} s "
@@ -148,18 +165,20 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path, work
         return 0
     finally:
         stop_daemon(proc)
-        worker.stop()
+        for helper in helpers:
+            helper.stop()
 
 
-def _wait_supernode(args: argparse.Namespace, proc: subprocess.Popen, worker: SiteWorker) -> int:
-    """Until the SuperNode exits, keeping the site worker alive; the SuperNode's exit status."""
+def _wait_supernode(args: argparse.Namespace, proc: subprocess.Popen, helpers: list[Helper]) -> int:
+    """Until the SuperNode exits, keeping the helpers alive; the SuperNode's exit status."""
     while True:
         try:
             return proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            line = worker.check()
-            if line:
-                say(args.site, line)
+            for helper in helpers:
+                line = helper.check()
+                if line:
+                    say(args.site, line)
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -179,11 +198,17 @@ def _main(argv: list[str] | None = None) -> int:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(state_dir, f"cannot create the site state folder ({exc.strerror})") from None
-    worker = SiteWorker(socket_path(state_dir), state_dir / "worker.log", flower_env(state_dir / "flwr-home"))
+    helper_env = flower_env(state_dir / "flwr-home")
+    worker = SiteWorker(socket_path(state_dir), state_dir / "worker.log", helper_env)
+    helpers: list[Helper] = [worker]
+    if not args.cold_clientapp:
+        launcher_env = {**helper_env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S}
+        helpers.append(ClientAppLauncher(socket_path(state_dir, "launcher.sock"), state_dir / "launcher.log",
+                                         launcher_env))
     node_config = write_node_config(args, state_dir, worker.socket_path)
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    return supervise(args, state_dir, node_config, worker)
+    return supervise(args, state_dir, node_config, helpers)
 
 
 def main(argv: list[str] | None = None) -> int:

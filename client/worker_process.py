@@ -1,7 +1,8 @@
-"""mammo-client's side of the site worker: start it, restart it with back-off when it dies, stop it.
+"""mammo-client's side of its helper processes (the site worker, the ClientApp launcher): start
+them, restart them with back-off when they die, stop them.
 
-The worker is started with PR_SET_PDEATHSIG (common/federation/processes.start_daemon) and is
-told mammo-client's pid, so it never outlives the supervisor, even after a SIGKILL.
+Each is started with PR_SET_PDEATHSIG (common/federation/processes.start_daemon) and is told
+mammo-client's pid, so it never outlives the supervisor, even after a SIGKILL.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ MAX_BACKOFF_S = 10.0
 STABLE_RUN_S = 60.0
 
 
-class SiteWorker:
+class Helper:
+    """One supervised helper process listening on a Unix socket (`python -m MODULE --socket ...`)."""
+
+    module = ""
+    name = ""
+
     def __init__(self, socket_path: Path, log_path: Path, env: dict[str, str]) -> None:
         self.socket_path = socket_path
         self.log_path = log_path
@@ -29,8 +35,7 @@ class SiteWorker:
         self._restart_at = 0.0
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mammo_fl.client.worker", "--socket", str(self.socket_path),
-                "--parent", str(os.getpid())]
+        return [sys.executable, "-m", self.module, "--socket", str(self.socket_path), "--parent", str(os.getpid())]
 
     def start(self) -> int:
         self.proc = start_daemon(self.command(), self.env, self.log_path)
@@ -47,15 +52,29 @@ class SiteWorker:
                 self._backoff = 1.0
             self._restart_at = now + self._backoff
             code = self.proc.returncode
-            msg = f"site worker exited with status {code}; restarting in {self._backoff:.0f} s"
+            msg = f"{self.name} exited with status {code}; restarting in {self._backoff:.0f} s"
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
             return msg
         if now < self._restart_at:
             return None
         self._restart_at = 0.0
-        return f"site worker restarted (pid {self.start()})"
+        return f"{self.name} restarted (pid {self.start()})"
 
     def stop(self) -> None:
         stop_daemon(self.proc, grace_s=5.0)
         self.proc = None
         self.socket_path.unlink(missing_ok=True)
+
+
+class SiteWorker(Helper):
+    """The site's long-lived worker (client/worker.py): torch, data and model stay warm."""
+
+    module = "mammo_fl.client.worker"
+    name = "site worker"
+
+
+class ClientAppLauncher(Helper):
+    """The pre-started flwr-clientapp (client/launcher.py) the SuperNode's shim hands each message to."""
+
+    module = "mammo_fl.client.launcher"
+    name = "clientapp launcher"

@@ -263,3 +263,37 @@ def test_rundir_events_status_and_rows(tmp_path):
     assert json.loads(rd.status_file.read_text())["status"] == "running"
     assert rd.metrics_csv.read_text().splitlines()[0].startswith("round,pooled_auc,sites")
     assert rd.load_state()["completed_round"] == 2 and rd.plot.exists()
+
+
+@pytest.mark.parametrize("dtype,rel", [("fp32", 2.0**-23), ("fp16", 2.0**-11), ("bf16", 2.0**-8)])
+def test_reduced_precision_updates_aggregate_like_fp32(dtype, rel):
+    """Sites send fp16/bf16 deltas; the coordinator decodes them and aggregates in fp32: the global
+    model it publishes is within the stated bound of the exact fp32 aggregate (per element,
+    rel * the weighted mean |delta| plus one fp32 rounding of the weights)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from mammo_fl.server.downlink import Downlink
+
+    rng = np.random.default_rng(0)
+    glob = {"w": rng.normal(0, 0.05, 4096).astype(np.float32), "n": np.array(10, np.int64)}
+    sites = [{"w": glob["w"] + rng.normal(0, 1e-4, 4096).astype(np.float32), "n": np.array(12, np.int64)}
+             for _ in range(3)]
+    examples = [5, 9, 2]
+    settings = FederationSettings(strategy="fedavg", min_sites=2)
+    exact = aggregate(build_strategy(settings), 1, glob,
+                      [Screened(i, f"s{i}", w, {"num-examples": n}) for i, (w, n) in enumerate(zip(sites, examples))])
+    down = Downlink(dict(glob), ["n", "w"], dtype)
+    decoded = []
+    for i, (w, n) in enumerate(zip(sites, examples, strict=True)):
+        record, meta = P.packed_to_records(W.pack_delta(w, glob, down.layout, dtype))
+        arrays = down.decode_update(RecordDict({P.ARRAYS: record, P.WIRE: ConfigRecord(meta)}))
+        decoded.append(Screened(i, f"s{i}", arrays, {"num-examples": n}))
+    published = down.publish(aggregate(build_strategy(settings), 1, glob, decoded))
+    weights = np.array(examples, np.float64) / sum(examples)
+    mean_abs = sum(wk * np.abs(s["w"].astype(np.float64) - glob["w"]) for wk, s in zip(weights, sites, strict=True))
+    bound = 2 * rel * (mean_abs + np.abs(exact["w"] - glob["w"])) + 2.0**-23 * np.abs(glob["w"]) + 1e-12
+    err = np.abs(published["w"].astype(np.float64) - exact["w"])
+    assert np.all(err <= bound), float(np.max(err / bound))
+    assert int(published["n"]) == 12 and published["w"].dtype == np.float32
+    if dtype != "fp32":  # and it is not the exact aggregate: the precision really was reduced
+        assert not np.array_equal(published["w"], exact["w"])

@@ -37,3 +37,9 @@ def test_sqlite_busy_timeout_patch_changes_only_that_pragma(monkeypatch):
     after = dict(sql_mixin.SQLITE_PRAGMAS)
     assert after["busy_timeout"] == "1234"
     assert {k: v for k, v in after.items() if k != "busy_timeout"} == {k: v for k, v in before.items() if k != "busy_timeout"}
+
+
+def test_superexec_starts_the_clientapp_by_the_name_the_launcher_shims():
+    from mammo_fl.client.launcher import SHIM_NAME
+
+    assert flower_private.clientapp_command() == SHIM_NAME

@@ -6,7 +6,11 @@ Flower 1.42 has no public hook for these needs:
   empty run config) and whose Ray start-up we time and shut down ourselves;
 - a longer SQLite busy timeout for the SuperLink's state DB (`flwr.supercore.sql_mixin.SQLITE_PRAGMAS`):
   5 s is too short on a loaded coordinator and a site's reply is then lost with HTTP 500;
-- the serialised size of a message (`flwr.supercore.inflatable...get_all_nested_objects`).
+- the serialised size of a message (`flwr.supercore.inflatable...get_all_nested_objects`);
+- the per-message ClientApp process: SuperExec starts the command `TASK_TYPE_TO_COMMAND[CLIENT_APP]`
+  (`flwr-clientapp`) by bare name through PATH, with `--runtime-api-address ... --token ...`, and its
+  entry point is `flwr.supernode.cli.flwr_clientapp.flwr_clientapp` (client/launcher.py runs that
+  entry point in a pre-started process instead of a cold one);
 
 pyproject pins flwr to 1.42.x; `check_flower_version()` refuses another release with one line, and
 tests/test_flower_private.py fails loudly when a name below disappears.
@@ -34,7 +38,16 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("flwr.supercore.sql_mixin", "SQLITE_PRAGMAS"),
     ("flwr.supercore.inflatable.inflatable_object", "get_all_nested_objects"),
     ("flwr.common.config", "get_fused_config_from_dir"),
+    ("flwr.supercore.constant", "TASK_TYPE_TO_COMMAND"),
+    ("flwr.supernode.cli.flwr_clientapp", "flwr_clientapp"),
 )
+
+
+def clientapp_command() -> str:
+    """The command Flower's SuperExec runs for every ClientApp message (looked up through PATH)."""
+    from flwr.supercore.constant import TaskType
+
+    return str(resolve("flwr.supercore.constant", "TASK_TYPE_TO_COMMAND")[TaskType.CLIENT_APP])
 
 
 def check_flower_version() -> None:
