@@ -117,10 +117,14 @@ def run_echo(work: Path, model: Path, n_sites: int, rounds: int) -> dict:
             nodes.append(start_daemon([flower_binary("flower-supernode"), "--insecure", "--superlink", address,
                                        "--port", str(free_port())], node_env, work / f"echo-node-{i}.log"))
         out = work / "echo.json"
-        subprocess.run([flower_binary("flwr"), "run", str(ROOT / "benchmarks" / "federation_echo_app"), "bench",
-                        "--run-config", f"model='{model}' out='{out}' rounds={rounds} min-sites={n_sites}",
-                        "--stream"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600,
-                       check=True)
+        log = work / "echo-flwr-run.log"
+        with open(log, "wb") as fh:
+            subprocess.run([flower_binary("flwr"), "run", str(ROOT / "benchmarks" / "federation_echo_app"), "bench",
+                            "--run-config", f"model='{model}' out='{out}' rounds={rounds} min-sites={n_sites}",
+                            "--stream"], env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=3600, check=True)
+        if not out.exists():
+            tail = log.read_text(errors="replace").strip().splitlines()[-15:]
+            raise SystemExit("raw Flower echo run failed:\n" + "\n".join(tail))
         return {"wall": time.monotonic() - t0, "rows": json.loads(out.read_text())}
     finally:
         for n in nodes:
