@@ -11,6 +11,7 @@ Figures are medians over the rounds; `--json FILE` also writes them (with the lo
 
     python benchmarks/bench_federation.py --model resnet50 --rounds 3 --json out.json
     python benchmarks/bench_federation.py --model tiny --wire fp16     # quick plumbing check
+    python benchmarks/bench_federation.py --model tiny --cold-clientapp   # without the pre-started clientapp
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from mammo_fl.common.federation.processes import (  # noqa: E402
 MODELS = {
     # trunk resnet50 + a 1-block top: ~24 M parameters, ~95 MB of float32 weights
     "resnet50": {"trunk": "resnet50", "top": {"type": "vgg", "blocks": [[64, 1]]}, "num_classes": 2},
+    # trunk resnet18: ~11 M parameters, ~45 MB (a quicker look at size-dependent costs)
+    "resnet18": {"trunk": "resnet18", "top": {"type": "vgg", "blocks": [[64, 1]]}, "num_classes": 2},
     "tiny": {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[16, 1]]}, "num_classes": 2},
 }
 
@@ -66,13 +69,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def run_mammo(work: Path, model: Path, sites: list[Path], rounds: int, wire: str) -> dict:
+def run_mammo(work: Path, model: Path, sites: list[Path], rounds: int, wire: str, cold: bool) -> dict:
     address = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     bin_dir = Path(sys.executable).parent
     clients = [
         subprocess.Popen([str(bin_dir / "mammo-client"), "--site", s.name, "--data", str(s), "--server", address,
-                          "--insecure", "--cache-workers", "1", "--num-threads", "1"],
+                          "--insecure", "--cache-workers", "1", "--num-threads", "1",
+                          *(["--cold-clientapp"] if cold else [])],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         for s in sites
     ]
@@ -140,7 +144,7 @@ def load_average() -> float:
     return float(os.getloadavg()[0])
 
 
-def summarise(model_bytes: int, echo: dict, mammo: dict, wire: str, loads: list[float]) -> dict:
+def summarise(model_bytes: int, echo: dict, mammo: dict, wire: str, cold: bool, loads: list[float]) -> dict:
     rows = [r for r in mammo["rows"] if r["round"] >= 1]
     echo_s = median([r["seconds"] for r in echo["rows"]])
     over = median([r["overhead_seconds"] for r in rows if r.get("overhead_seconds") is not None])
@@ -153,6 +157,7 @@ def summarise(model_bytes: int, echo: dict, mammo: dict, wire: str, loads: list[
         "bytes_down_per_site_round": median([r["bytes_down_per_site"] for r in rows]),
         "bytes_up_per_site_round": median([r["bytes_up_per_site"] for r in rows]),
         "wire": wire,
+        "clientapp": "cold (one flwr-clientapp process per message)" if cold else "pre-started launcher",
         "load_average_1min": [round(x, 1) for x in loads],
         "per_round": [{"round": r["round"], "echo_s": round(e["seconds"], 2), "mammo_round_s": r.get("round_seconds"),
                        "mammo_site_compute_s": r.get("max_site_seconds"), "mammo_overhead_s": r.get("overhead_seconds"),
@@ -164,7 +169,7 @@ def summarise(model_bytes: int, echo: dict, mammo: dict, wire: str, loads: list[
 
 def print_table(args: argparse.Namespace, nbytes: int, out: dict) -> None:
     print(f"model {args.model}: {nbytes / 1e6:.1f} MB of weights, 2 sites, {args.rounds} rounds, loopback, CPU, "
-          f"wire {out['wire']}, load average {out['load_average_1min']}")
+          f"wire {out['wire']}, clientapp {out['clientapp']}, load average {out['load_average_1min']}")
     print(f"{'round':>5} | {'raw Flower echo s':>17} | {'mammo round s':>13} {'site compute s':>14} "
           f"{'overhead s':>10} | {'MB to site':>10} {'MB from site':>12}")
     for r in out["per_round"]:
@@ -188,6 +193,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--patients", type=int, default=8, help="synthetic patients per site")
     ap.add_argument("--wire", choices=("fp32", "fp16", "bf16"), default="fp16", help="mammo's wire-dtype")
+    ap.add_argument("--cold-clientapp", action="store_true",
+                    help="mammo-client without its pre-started flwr-clientapp (measures the alternative)")
     ap.add_argument("--json", type=Path, default=None, help="also write the medians here")
     args = ap.parse_args()
     from federation_support import make_sites
@@ -199,9 +206,9 @@ def main() -> None:
         sites = make_sites(work / "sites", sites=2, patients=2 * args.patients, seed=5)
         echo = run_echo(work, work / "init.pt", len(sites), args.rounds)
         loads.append(load_average())
-        mammo = run_mammo(work, work / "init.pt", sites, args.rounds, args.wire)
+        mammo = run_mammo(work, work / "init.pt", sites, args.rounds, args.wire, args.cold_clientapp)
         loads.append(load_average())
-    out = summarise(nbytes, echo, mammo, args.wire, loads)
+    out = summarise(nbytes, echo, mammo, args.wire, args.cold_clientapp, loads)
     print_table(args, nbytes, out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
