@@ -27,6 +27,7 @@ from mammo_fl.common.utils.errors import DataError, MammoError
 
 app = ClientApp()
 SITE_LOG = "client.log"
+WORKER_CONNECT_S = 60.0  # a restarting worker listens within seconds; after this the work is done here
 
 
 @app.train()
@@ -78,7 +79,7 @@ def _do_work(header: dict[str, Any], arrays: dict[str, Any]) -> tuple[dict[str, 
         from mammo_fl.client.channel import ChannelError, call
 
         try:
-            return call(Path(str(path)), header, arrays)
+            return call(Path(str(path)), header, arrays, connect_timeout_s=WORKER_CONNECT_S)
         except ChannelError as exc:  # worker restarting or gone: do the work here (slower, same result)
             logging.getLogger("mammo.client").warning("site worker unavailable (%s); working in-process", exc)
     from mammo_fl.client.site_work import run_request

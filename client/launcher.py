@@ -125,8 +125,8 @@ def _run_child(entry: object, argv: list[str], fds: list[int]) -> None:
 
 
 def serve(path: Path, parent: int) -> None:
+    server = listen(path)  # before the warm-up: a task arriving meanwhile waits instead of starting cold
     entry = warm_up()
-    server = listen(path)
     sel = selectors.DefaultSelector()
     sel.register(server, selectors.EVENT_READ)
     children: dict[int, socket.socket] = {}

@@ -37,9 +37,12 @@ def warm_up() -> None:
 
 
 def serve(path: Path, parent: int) -> None:
+    # listen before the (slow) warm-up: a message that arrives meanwhile waits in the backlog instead of
+    # finding no worker and doing the work in the ClientApp process
+    server = listen(path)
+    warm_up()
     from mammo_fl.client.site_work import run_request
 
-    server = listen(path)
     server.settimeout(PARENT_CHECK_S)
     print(f"site worker {os.getpid()} listening on {path}", flush=True)
     try:
@@ -82,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", type=int, default=0, help="exit when this process (mammo-client) is gone")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    warm_up()
     serve(args.socket, args.parent)
     return 0
 

@@ -71,7 +71,7 @@ class Table:
             return "\n".join(out + [f"{train} | {'-':>7}"])
         name = "initial" if model == 0 else f"round {model}"
         sites = " ".join(f"{k[len(prefix) + 4:]}={_fmt(v)}" for k, v in sorted(ev.items())
-                         if k.startswith(prefix + "auc_") and k != prefix + "auc_source")
+                         if k.startswith(prefix + "auc_"))
         out.append(f"{train} | {name:>7} {_fmt(ev.get(prefix + 'pooled_auc')):>10} "
                    f"{_fmt(ev.get(prefix + 'sens'), 2):>6} {_fmt(ev.get(prefix + 'spec'), 2):>6}  {sites}")
         return "\n".join(out)

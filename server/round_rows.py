@@ -3,7 +3,7 @@
 With one message per round, a row is completed in two steps: round r's replies give its training
 figures (loss, sites, bytes, the sites' compute), and round r+1's replies (or the final evaluation
 after the last round) give the AUC of the model round r produced, together with how long round r
-took from its start to the start of the next (`round_seconds`). `auc_source` says which message
+took from its start to the start of the next (`round_seconds`). `evaluated_by` says which message
 carried the evaluation.
 """
 
@@ -75,7 +75,7 @@ def row_for(rows: list[dict[str, Any]], model_round: int) -> dict[str, Any]:
 
 def apply_evaluation(rows: list[dict[str, Any]], model_round: int, fields: dict[str, Any], source: str) -> dict:
     row = row_for(rows, model_round)
-    row.update(fields, auc_source=source)
+    row.update(fields, evaluated_by=source)
     return row
 
 

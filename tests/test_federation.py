@@ -99,7 +99,7 @@ def test_two_rounds_three_sites(federation):
 
     # Each row says which message carried its evaluation: round 1's model was scored by round 2's
     # sites before they trained, the final model by the one evaluation message after the last round.
-    assert list(table["auc_source"]) == ["round 2", "final"]
+    assert list(table["evaluated_by"]) == ["round 2", "final"]
     assert (table["bytes_down_per_site"] > 0).all() and (table["bytes_up_per_site"] > 0).all()
 
     # Audit logs: only the allowed fields, one message per round plus the final evaluation, updates hashed.

@@ -253,7 +253,8 @@ def test_rundir_events_status_and_rows(tmp_path):
     rd = RunDir(tmp_path, launch_id="abc")
     rd.event("site_rejected", round=1, kind="train", site="h1", reason="NaN", value=float("nan"))
     rd.set_status("running", run_id=3)
-    rows = [{"round": 1, "pooled_auc": 0.7, "sites": 2, "auc_h1": 0.6}, {"round": 2, "pooled_auc": None, "sites": 1}]
+    rows = [{"round": 1, "pooled_auc": 0.7, "sites": 2, "auc_h1": 0.6, "evaluated_by": "round 2"},
+            {"round": 2, "pooled_auc": None, "sites": 1, "evaluated_by": "final"}]
     rd.write_rows(rows)
     rd.commit_round(2, {"strategy": "fedavg"})
     import json

@@ -91,7 +91,7 @@ class RoundConfig:
     hist_bins: int = 1000
     evaluate: bool = False  # score the received model on the validation split before training (fused round)
     train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
-    wire_dtype: str = "fp32"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
