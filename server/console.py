@@ -65,7 +65,7 @@ class Table:
         else:
             mb = f"{_mb(ev.get('bytes_down_per_site'))}/{_mb(ev.get('bytes_up_per_site'))}"
             train = (f"{ev['round']:>5} {_fmt(ev.get('train_loss')):>8} {ev.get('sites', 0):>5} "
-                     f"{_fmt(ev.get('seconds'), 1):>7} {mb:>11}")
+                     f"{_fmt(ev.get('round_seconds'), 1):>7} {mb:>11}")
             model, prefix = ev.get("evaluated_model"), "eval_"
         if model is None:
             return "\n".join(out + [f"{train} | {'-':>7}"])

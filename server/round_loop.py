@@ -108,25 +108,20 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays), wire=s.wire_dtype, train_layers=s.train_layers)
-    previous_start: float | None = None
     for rnd in range(first, s.num_server_rounds + 1):
-        start = time.monotonic()
-        if previous_start is not None:
-            R.set_round_seconds(rows, rnd - 1, start - previous_start)
-        previous_start = start
         # round r's sites first score the model they receive (round r-1's; round 0 = the initial model)
         evaluate = rnd > 1 or s.evaluate_initial
-        row, evaluated = _train_round(ctx, rnd, evaluate)
+        row, evaluated, started = _train_round(ctx, rnd, evaluate)
         rows.append(row)
         if evaluated is not None:
             R.apply_evaluation(rows, rnd - 1, evaluated, source=f"round {rnd}")
         _commit(ctx, rnd, rows)
-        rundir.event("round_end", **row, seconds=time.monotonic() - start, evaluated_model=rnd - 1 if evaluated else None,
+        # from the first message out to the committed round (the csv gets it with the next commit)
+        R.set_round_seconds(rows, rnd, time.monotonic() - started)
+        rundir.event("round_end", **row, evaluated_model=rnd - 1 if evaluated else None,
                      **{f"eval_{k}": v for k, v in (evaluated or {}).items()})
     last = s.num_server_rounds
     final_start = time.monotonic()
-    if previous_start is not None:
-        R.set_round_seconds(rows, last, final_start - previous_start)
     evaluated = _final_evaluation(ctx, last)
     if evaluated is not None:
         R.apply_evaluation(rows, last, {**evaluated, "evaluate_seconds": time.monotonic() - final_start},
@@ -231,16 +226,20 @@ def _mean(values: list[int]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def _train_round(ctx: RoundContext, rnd: int, evaluate: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(round r's training row, the evaluation of the model the sites received, when asked)."""
+def _train_round(ctx: RoundContext, rnd: int,
+                 evaluate: bool) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
+    """(round r's training row, the evaluation of the model the sites received when asked, when the
+    round's first message went out)."""
     from flwr.app import MessageType
 
     s = ctx.settings
     expected = expected_specs(ctx.downlink.arrays, ctx.downlink.exchanged)
     evals: dict[str, Screened] = {}
+    started = None
     for attempt in range(s.round_retries + 1):
         nodes = _wait_for_round(ctx, rnd, first_round=not ctx.started)
         ctx.started = True
+        started = started if started is not None else time.monotonic()  # waiting for sites is not the round's cost
         ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt)
         _log("Round %d: evaluating and training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
         sent = _send(ctx, nodes, MessageType.TRAIN, _round_config(ctx, rnd, evaluate), str(rnd))
@@ -267,8 +266,9 @@ def _train_round(ctx: RoundContext, rnd: int, evaluate: bool) -> tuple[dict[str,
     row = R.train_row(rnd, accepted, eval_list, len(got.rejected_train) + len(dup),
                       _mean([sent.bytes_down[n] for n in nodes]), _mean(bytes_up), s.wire_dtype)
     if not evaluate:
-        return row, None
-    return row, R.evaluation_fields(eval_list, pool_histograms(eval_list, s.hist_bins, s.threshold), s.threshold)
+        return row, None, started
+    summary = pool_histograms(eval_list, s.hist_bins, s.threshold)
+    return row, R.evaluation_fields(eval_list, summary, s.threshold), started
 
 
 def _accept_evals(ctx: RoundContext, rnd: int, got: RoundReplies) -> list[Screened]:

@@ -1,10 +1,9 @@
 """The rows of metrics.csv: one row per global model (round 0 = the initial model, round r = round_r.pt).
 
 With one message per round, a row is completed in two steps: round r's replies give its training
-figures (loss, sites, bytes, the sites' compute), and round r+1's replies (or the final evaluation
-after the last round) give the AUC of the model round r produced, together with how long round r
-took from its start to the start of the next (`round_seconds`). `evaluated_by` says which message
-carried the evaluation.
+figures (loss, sites, bytes, the sites' compute, and `round_seconds` = from the round's first message
+to its committed checkpoint), and round r+1's replies (or the final evaluation after the last round)
+give the AUC of the model round r produced. `evaluated_by` says which message carried the evaluation.
 """
 
 from __future__ import annotations
@@ -80,8 +79,8 @@ def apply_evaluation(rows: list[dict[str, Any]], model_round: int, fields: dict[
 
 
 def set_round_seconds(rows: list[dict[str, Any]], rnd: int, seconds: float) -> None:
-    """Round `rnd` took `seconds` from its start to the start of the next exchange; overhead = that minus
-    the slowest site's own compute (its evaluation + training)."""
+    """Round `rnd` took `seconds` (exchange, aggregation, checkpoint); overhead = that minus the slowest
+    site's own compute (its evaluation + training)."""
     row = row_for(rows, rnd)
     row["round_seconds"] = seconds
     if row.get("max_site_seconds") is not None:
