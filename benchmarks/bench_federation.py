@@ -173,9 +173,9 @@ def print_table(args: argparse.Namespace, nbytes: int, out: dict) -> None:
     print(f"{'round':>5} | {'raw Flower echo s':>17} | {'mammo round s':>13} {'site compute s':>14} "
           f"{'overhead s':>10} | {'MB to site':>10} {'MB from site':>12}")
     for r in out["per_round"]:
-        print(f"{r['round']:>5} | {r['echo_s']:>17.1f} | {_f(r['mammo_round_s']):>13} {_f(r['mammo_site_compute_s']):>14} "
-              f"{_f(r['mammo_overhead_s']):>10} | {r['bytes_down_per_site'] / 1e6:>10.1f} "
-              f"{r['bytes_up_per_site'] / 1e6:>12.1f}")
+        print(f"{r['round']:>5} | {r['echo_s']:>17.1f} | {_f(r['mammo_round_s']):>13} "
+              f"{_f(r['mammo_site_compute_s']):>14} {_f(r['mammo_overhead_s']):>10} | "
+              f"{r['bytes_down_per_site'] / 1e6:>10.1f} {r['bytes_up_per_site'] / 1e6:>12.1f}")
     print(f"median per-round overhead: mammo {out['mammo_round_overhead_s']:.1f} s vs raw Flower "
           f"{out['raw_flower_round_s']:.1f} s (ratio {out['overhead_ratio']:.2f}); bytes per site per round "
           f"{(out['bytes_down_per_site_round'] + out['bytes_up_per_site_round']) / nbytes:.2f}x the fp32 model; "
