@@ -12,6 +12,7 @@ make progress fails with a one-line reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -25,13 +26,20 @@ from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.server import round_rows as R
+from mammo_fl.server.committer import Committer
 from mammo_fl.server.downlink import Downlink
 from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
 from mammo_fl.server.global_model import GlobalModel
 from mammo_fl.server.pooled_metrics import check_bins, pool_histograms
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.settings import FederationSettings
-from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
+from mammo_fl.server.strategy import (
+    aggregate,
+    build_strategy,
+    load_strategy_state,
+    save_strategy_state,
+    strategy_snapshot,
+)
 from mammo_fl.server.validate import Rejected, RoundReplies, Screened, expected_specs, screen
 
 LOG = logging.getLogger("mammo.server")
@@ -59,6 +67,7 @@ class RoundContext:
     strategy: Any
     fed_id: str
     downlink: Downlink
+    committer: Committer
     started: bool = False  # a training round of this launch has started
 
 
@@ -73,16 +82,28 @@ def run_round_loop(grid: Any, settings: FederationSettings, run_id: int) -> None
         raise ConfigError("run config out-dir is empty: the coordinator needs a run folder")
     rundir = RunDir(settings.out_dir, settings.launch_id)
     rundir.lock()
+    committer = Committer()
     try:
-        _run(grid, settings, rundir, run_id)
+        _run(grid, settings, rundir, run_id, committer)
     except Exception as exc:
+        _settle(committer)
         reason = str(exc) if isinstance(exc, MammoError) else f"{type(exc).__name__}: {exc}"
         rundir.event("failed", reason=reason)
         rundir.set_status("failed", reason=reason, run_id=run_id)
         raise
+    finally:
+        committer.close()
 
 
-def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
+def _settle(committer: Committer) -> None:
+    """On a failure: let the rounds already committing finish (their own errors are secondary)."""
+    try:
+        committer.wait()
+    except Exception:  # noqa: BLE001 - the run's failure is the one to report
+        LOG.exception("a round commit failed as well")
+
+
+def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int, committer: Committer) -> None:
     strategy = build_strategy(s)
     state = rundir.load_state() if s.resume else None
     rows: list[dict[str, Any]] = []
@@ -104,7 +125,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
             stale.unlink(missing_ok=True)
         first = 1
     downlink = Downlink(model.arrays, model.exchanged_keys(s.fedbn, s.train_layers), s.wire_dtype)
-    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink)
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink, committer)
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays), wire=s.wire_dtype, train_layers=s.train_layers)
@@ -116,7 +137,8 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         if evaluated is not None:
             R.apply_evaluation(rows, rnd - 1, evaluated, source=f"round {rnd}")
         _commit(ctx, rnd, rows)
-        # from the first message out to the committed round (the csv gets it with the next commit)
+        # from the first message out until the next round can start (its commit goes on in the background;
+        # the csv gets this figure with the next commit)
         R.set_round_seconds(rows, rnd, time.monotonic() - started)
         rundir.event("round_end", **row, evaluated_model=rnd - 1 if evaluated else None,
                      **{f"eval_{k}": v for k, v in (evaluated or {}).items()})
@@ -127,6 +149,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         R.apply_evaluation(rows, last, {**evaluated, "evaluate_seconds": time.monotonic() - final_start},
                            source="final")
         rundir.event("final_evaluation", model=last, **evaluated)
+    committer.wait()
     rundir.write_rows(rows)
     shutil.copy2(rundir.round_checkpoint(last), rundir.final)
     rundir.set_status("completed", run_id=run_id, rounds=last, final=str(rundir.final))
@@ -135,16 +158,25 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
 
 
 def _commit(ctx: RoundContext, rnd: int, rows: list[dict[str, Any]]) -> None:
-    """Checkpoint -> strategy state -> metrics -> state.json (the resume point): rundir's commit protocol."""
+    """Checkpoint -> strategy state -> metrics -> state.json (the resume point): rundir's commit protocol,
+    on a snapshot of this round's results, written in the background (server/committer.py)."""
     s = ctx.settings
     row = rows[-1]
     provenance = {"federation": {"round": rnd, "strategy": s.strategy, "fedbn": s.fedbn, "sites": row["sites"],
                                  "run_id": ctx.run_id, "wire": s.wire_dtype, "train_layers": s.train_layers}}
     metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-    ctx.model.save(ctx.rundir.round_checkpoint(rnd), provenance, metrics)
-    save_strategy_state(ctx.strategy, ctx.rundir.strategy_file)
-    ctx.rundir.write_rows(rows)
-    ctx.rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": ctx.run_id})
+    model = dataclasses.replace(ctx.model)  # the arrays dict is replaced, never mutated, by the next round
+    moments = strategy_snapshot(ctx.strategy)
+    table = [dict(r) for r in rows]
+    rundir = ctx.rundir
+
+    def write() -> None:
+        model.save(rundir.round_checkpoint(rnd), provenance, metrics)
+        save_strategy_state(moments, rundir.strategy_file)
+        rundir.write_rows(table)
+        rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": ctx.run_id})
+
+    ctx.committer.submit(write)
 
 
 def _round_config(ctx: RoundContext, rnd: int, evaluate: bool = False) -> Any:

@@ -93,13 +93,21 @@ class _Reply:
         return False
 
 
-def save_strategy_state(strategy: Any, path: Path) -> None:
-    """FedOpt moments (m_t, v_t) -> npz; other strategies are stateless between rounds."""
+def strategy_snapshot(strategy: Any) -> dict[str, np.ndarray]:
+    """FedOpt moments (m_t, v_t) as flat `name/key` arrays; Flower's FedOpt replaces these dicts every
+    round (it never updates them in place), so the references stay valid while a commit writes them."""
     arrays: dict[str, np.ndarray] = {}
     for name in ("m_t", "v_t"):
         moments = getattr(strategy, name, None)
         for k, v in (moments or {}).items():
             arrays[f"{name}/{k}"] = np.asarray(v)
+    return arrays
+
+
+def save_strategy_state(strategy: Any, path: Path) -> None:
+    """FedOpt moments (m_t, v_t) -> npz (a strategy or its `strategy_snapshot`); other strategies are
+    stateless between rounds."""
+    arrays = strategy if isinstance(strategy, dict) else strategy_snapshot(strategy)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
