@@ -298,3 +298,27 @@ def test_reduced_precision_updates_aggregate_like_fp32(dtype, rel):
     assert int(published["n"]) == 12 and published["w"].dtype == np.float32
     if dtype != "fp32":  # and it is not the exact aggregate: the precision really was reduced
         assert not np.array_equal(published["w"], exact["w"])
+
+
+@pytest.mark.parametrize("stage", ["all", "top", "head"])
+@pytest.mark.parametrize("fedbn", [False, True])
+def test_exchanged_keys_are_what_training_can_change(stage, fedbn):
+    """train-layers names the same modules as set_trainable: their parameters and buffers travel, frozen
+    layers (and BatchNorm under FedBN) never do."""
+    from mammo_fl.common.models import build_model
+    from mammo_fl.common.training.loops import set_trainable
+
+    model = build_model("whole_image", {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[8, 1]]},
+                                        "num_classes": 2})
+    set_trainable(model, stage)
+    bn = P.batchnorm_prefixes(model)
+    keys = set(P.exchanged_keys(model.state_dict(), bn, stage, fedbn))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {k for k in trained if not (fedbn and P.is_batchnorm_key(k, bn))} <= keys
+    frozen_modules = {n for n, m in model.named_modules() if n and not any(p.requires_grad for p in m.parameters())
+                      and list(m.parameters())}
+    assert not any(k.startswith(f"{m}.") for k in keys for m in frozen_modules)
+    if fedbn:
+        assert not any(P.is_batchnorm_key(k, bn) for k in keys)
+    if stage == "all" and not fedbn:
+        assert keys == set(model.state_dict())
