@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from mammo_fl.common.federation import protocol as P
-from mammo_fl.common.federation import wire as W
 from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 
