@@ -32,17 +32,16 @@ from pathlib import Path
 
 import torch
 
-from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.training.datasets import WholeImageDataset
 from mammo_fl.common.utils.device import make_grad_scaler, seed_everything, select_device
 from mammo_fl.common.training.loops import make_loader, run_epoch, set_trainable, trainable_parameters
-from mammo_fl.common.pipeline.steps import top_spec
+from mammo_fl.common.pipeline.settings import load_run_settings
 
 
 def preset_spec(preset: str) -> dict:
     """The whole-image model a `mammo-train` preset builds (trunk + its selected top)."""
-    config = load_config(preset, "train", [])
-    return {"trunk": config["patch_model"]["arch"], "top": top_spec(config), "num_classes": 2, "dropout": 0.0}
+    settings = load_run_settings(preset)
+    return {"trunk": settings.patch_model.arch, "top": settings.whole_model.top_spec, "num_classes": 2, "dropout": 0.0}
 
 
 HEADLINE = "full: PNG decode + batch aug on device"  # the loop finetune runs on data too big to preload
@@ -58,7 +57,8 @@ def make_cached_dataset(workdir: Path, images: int, size: tuple[int, int]):
     """Synthetic manifest site (engineer B's generator) -> ImageCache PNGs, built once and reused
     from `workdir` (not timed)."""
     from mammo_fl.common.imaging.adapters.manifest import read_manifest
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache
+    from mammo_fl.common.imaging.geometry import PreprocessSettings
     from mammo_fl.common.synth import generate_dataset
 
     patients = max(2, (images + 3) // 4)

@@ -4,9 +4,11 @@ Flower starts a fresh `flwr-clientapp` process for every message, so this module
 Flower and numpy: the work itself (torch, the preloaded images, the built model, the global model
 the site holds) happens in the site worker that mammo-client runs next to the SuperNode, reached
 over a local Unix socket (client/channel.py, client/worker.py). Without a worker (simulation)
-the same work runs in this process (client/site_work.py). Every reply is written to the site's
-audit log before it is returned. Failures become an error reply that names the site and a
-path-free cause (details stay in the site's own log), never a crash.
+the same work runs in this process (client/site_work.py). Before any work the site checks the
+request against its own policy (client/policy.py: caps, its registered name). Every reply is
+written to the site's audit log before it is returned. Failures become an error reply that names
+the site and carries one fixed code of protocol.SITE_ERRORS (details, paths and values stay in
+the site's own client.log), never a crash.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mammo_fl.client.audit import AuditEntry, append_entry, utc_now
+from mammo_fl.client.audit import AuditEntry, append_entry, running_app_sha256, utc_now
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.wire import arrays_digest
-from mammo_fl.common.utils.errors import DataError, MammoError
+from mammo_fl.common.utils.errors import ConfigError, DataError
 
 app = ClientApp()
 SITE_LOG = "client.log"
@@ -41,12 +43,16 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def public_reason(exc: BaseException) -> str:
-    """What the coordinator may see: no file paths (they can hold patient identifiers)."""
+    """What the coordinator may see: a fixed code (messages can hold paths, patient ids, labels)."""
+    from mammo_fl.client.policy import SiteRefusal
+
+    if isinstance(exc, SiteRefusal):
+        return exc.code
     if isinstance(exc, DataError):
-        return f"DataError: {exc.cause}"
-    if isinstance(exc, MammoError):
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__} (details in the site's {SITE_LOG})"
+        return "data-error"
+    if isinstance(exc, ConfigError):
+        return "bad-request"
+    return "internal-error"
 
 
 def log_locally(state_dir: Path | None, text: str) -> None:
@@ -90,8 +96,10 @@ def _do_work(header: dict[str, Any], arrays: dict[str, Any]) -> tuple[dict[str, 
 
 def _reply_content(out: dict[str, Any], arrays: dict[str, Any]) -> RecordDict:
     """The reply RecordDict from the work's response (what the coordinator receives)."""
-    content = RecordDict({P.SITE: ConfigRecord({"site": out["site"], "status": out["status"],
-                                                "held": str(out.get("held", ""))})})
+    site = {"site": out["site"], "status": out["status"], "held": str(out.get("held", ""))}
+    if out.get("eval_error"):  # trained, but no histogram (a fixed code, e.g. too small to evaluate)
+        site["eval-error"] = str(out["eval_error"])
+    content = RecordDict({P.SITE: ConfigRecord(site)})
     if out.get("eval") is not None:
         content[P.EVAL] = MetricRecord(out["eval"])
     if out.get("train") is not None:
@@ -114,11 +122,11 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
 
         site = resolve_site(dict(context.node_config), dict(context.run_config))
         site_name, state_dir = site.name, site.state_dir
+        rnd = _round_of(msg.content.config_records.get(P.CONFIG, ConfigRecord()))
         header, arrays = _request(msg, context, kind)
-        rnd = int(header["config"].get("server-round", 0))
         out, out_arrays = _do_work(header, arrays)
         if out["status"] == P.STATUS_ERROR:
-            raise _SiteFailed(str(out.get("error", "unknown error")))
+            raise _SiteFailed(str(out.get("error") or "internal-error"))
         out["site"] = out.get("site") or site_name
         if out["status"] == P.STATUS_OK and kind == "train":
             _maybe_delay(site)
@@ -127,9 +135,11 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
         names = sorted(set(out.get("train") or {}) | set(out.get("eval") or {}))
         digest = arrays_digest(out_arrays) if out_arrays else None  # the update exactly as it left the site
     except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
-        reason = str(exc) if isinstance(exc, _SiteFailed) else public_reason(exc)
-        if not isinstance(exc, _SiteFailed):
-            log_locally(state_dir, f"{kind} round {rnd} failed: {exc}\n{traceback.format_exc()}")
+        if isinstance(exc, _SiteFailed):  # a fixed code; the work logged the details where it failed
+            reason = str(exc)
+        else:
+            reason = public_reason(exc)
+            log_locally(state_dir, f"{kind} round {rnd} failed [{reason}]: {exc}\n{traceback.format_exc()}")
             logging.getLogger("mammo.client").warning("%s failed: %s", kind, reason)
         content = RecordDict(
             {P.SITE: ConfigRecord({"site": site_name, "status": P.STATUS_ERROR, "error": reason})}
@@ -141,13 +151,22 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
             AuditEntry(
                 time=utc_now(), site=site_name, run_id=int(context.run_id), round=rnd, kind=kind,
                 bytes=P.recorddict_nbytes(content), weights_sha256=digest, metric_names=names, status=status,
+                app_sha256=running_app_sha256(),
             ),
         )
     return Message(content, reply_to=msg)
 
 
 class _SiteFailed(Exception):
-    """The work failed at the site; its message is already path-free (logged where it happened)."""
+    """The work failed at the site; its message is the fixed error code (details logged where it happened)."""
+
+
+def _round_of(cfg: Any) -> int:
+    """The round number for the audit log, even when the rest of the request is refused."""
+    try:
+        return int(cfg.get("server-round", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _maybe_delay(site: Any) -> None:

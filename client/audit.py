@@ -1,8 +1,10 @@
 """The site's audit log: one JSON line per message the site sends to the coordinator.
 
 A hospital can show exactly what left the building: when, for which round, what kind of
-message, how many bytes, a SHA-256 of the weights, and the *names* of the metrics (never
-their per-image content, which does not exist in a reply anyway).
+message, how many bytes, a SHA-256 of the weights, the *names* of the metrics (never
+their per-image content, which does not exist in a reply anyway) and the SHA-256 of the app
+bundle that produced the reply. An app bundle the site refused is logged too (status
+"refused-app", kind "app").
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from mammo_fl.common.utils.errors import DataError
 
 AUDIT_FILE = "audit.jsonl"
 # The only fields an audit entry may have (tests check the log against this set).
-AUDIT_FIELDS = ("time", "site", "run_id", "round", "kind", "bytes", "weights_sha256", "metric_names", "status")
+AUDIT_FIELDS = ("time", "site", "run_id", "round", "kind", "bytes", "weights_sha256", "metric_names", "status",
+                "app_sha256")
+# Set by the app guard (client/app_guard.py) in the `flwr-clientapp` process it approved.
+APP_SHA256_ENV = "MAMMO_FL_APP_SHA256"
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,12 @@ class AuditEntry:
     bytes: int  # serialised size of the reply
     weights_sha256: str | None  # None when the reply carries no weights
     metric_names: list[str]
-    status: str  # ok | error
+    status: str  # ok | error | refused-app
+    app_sha256: str | None = None  # the app bundle that ran (None outside the guard, e.g. simulation)
+
+
+def running_app_sha256() -> str | None:
+    return os.environ.get(APP_SHA256_ENV) or None
 
 
 def utc_now() -> str:

@@ -7,10 +7,12 @@ that name first on its SuperNode's PATH (`write_shim`). The shim (stdlib only, `
 passes its arguments and its stdin/stdout/stderr to this launcher over a Unix socket (0600); the
 launcher, which imported Flower and the ClientApp once and runs no threads, forks, and the child
 runs Flower's own `flwr-clientapp` entry point with those arguments — the same code path, the
-same token, the same Runtime API. The shim waits for the child's exit status and returns it, and
-forwards SIGTERM/SIGINT to it. If the launcher is not running the shim execs the real
-`flwr-clientapp`, so a site always works. The heavy work is not here either: it is in the site
-worker (client/worker.py).
+same token, the same Runtime API — behind the site's app guard (client/app_guard.py), installed
+once in the launcher. The shim waits for the child's exit status and returns it, and forwards
+SIGTERM/SIGINT to it. If the launcher is not running the shim execs the app guard script (a cold
+`flwr-clientapp` behind the same guard), so a site always works and never without its guard. The
+SuperNode's task-token grace (client/supernode_launch.py) applies to either path. The heavy work
+is not here either: it is in the site worker (client/worker.py).
 
     python -m mammo_fl.client.launcher --socket STATE/launcher.sock --parent PID
 """
@@ -26,16 +28,18 @@ import socket
 import struct
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from mammo_fl.client.channel import listen, peer_is_same_user
+from mammo_fl.common.utils.atomic import atomic_path
 
 SHIM_NAME = "flwr-clientapp"  # the command Flower's SuperExec runs per message (flower_private.CLIENTAPP_COMMAND)
 _HEADER = struct.Struct("!I")
 
 SHIM = '''#!{python} -IS
 # Written by mammo-client: hands this Flower task to the site's pre-started ClientApp launcher
-# (mammo_fl/client/launcher.py); runs the real flwr-clientapp when the launcher is not there.
+# (mammo_fl/client/launcher.py); runs the app guard's flwr-clientapp when the launcher is not there.
 import os, signal, socket, struct, sys, json
 SOCKET, REAL = {socket!r}, {real!r}
 try:
@@ -62,21 +66,33 @@ sys.exit(int(done[1]) if len(done) == 2 and done[0] == b"exit" else 1)
 '''
 
 
-def write_shim(bin_dir: Path, launcher_socket: Path, real_binary: str) -> Path:
-    """The `flwr-clientapp` shim in `bin_dir` (put that dir first on the SuperNode's PATH)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
+def write_shim(bin_dir: Path, launcher_socket: Path, fallback: str) -> Path:
+    """The `flwr-clientapp` shim in `bin_dir` (put that dir first on the SuperNode's PATH).
+
+    `fallback` runs a task when the launcher is not there: mammo-client passes the app guard
+    script (client/app_guard.py), so no path around the guard exists."""
     path = bin_dir / SHIM_NAME
-    path.write_text(SHIM.format(python=sys.executable, socket=str(launcher_socket), real=real_binary))
-    path.chmod(0o700)
+    with atomic_path(path) as tmp:
+        tmp.write_text(SHIM.format(python=sys.executable, socket=str(launcher_socket), real=fallback))
+        tmp.chmod(0o700)
     return path
 
 
-def warm_up() -> object:
-    """Import what a ClientApp task needs, once: Flower's entry point and our ClientApp module."""
-    import mammo_fl.client.app  # noqa: F401 - load_app finds it in sys.modules
-    from mammo_fl.common.federation.flower_private import resolve
+def warm_up() -> Callable[[], None]:
+    """Import what a ClientApp task needs, once, and put the app guard in front of it.
 
-    return resolve("flwr.supernode.cli.flwr_clientapp", "flwr_clientapp")
+    The forked children inherit the guard (client/app_guard.py: an app bundle the site has not
+    approved is refused before Flower unpacks it), exactly as a cold `flwr-clientapp` started
+    through the guard script would; the policy code and the installed release's bundle hash are
+    loaded here, so a task pays for neither."""
+    import mammo_fl.client.app  # noqa: F401 - load_app finds it in sys.modules
+    from mammo_fl.client.app_guard import check_bundle, preload_policy
+    from mammo_fl.common.federation.flower_private import check_flower_version, guard_app_bundles, run_flwr_clientapp
+
+    check_flower_version()
+    preload_policy()
+    guard_app_bundles(check_bundle)
+    return run_flwr_clientapp
 
 
 def _read_request(conn: socket.socket) -> tuple[list[str], list[int]]:
@@ -97,7 +113,7 @@ def _read_request(conn: socket.socket) -> tuple[list[str], list[int]]:
     return [str(a) for a in request["argv"]], list(fds)
 
 
-def _run_child(entry: object, argv: list[str], fds: list[int]) -> None:
+def _run_child(entry: Callable[[], None], argv: list[str], fds: list[int]) -> None:
     """In the forked child: become `flwr-clientapp argv...` on the shim's stdio; never returns."""
     code = 1
     try:
@@ -109,7 +125,7 @@ def _run_child(entry: object, argv: list[str], fds: list[int]) -> None:
             signal.signal(sig, signal.SIG_DFL)
         sys.argv = [SHIM_NAME, *argv]
         try:
-            entry()  # type: ignore[operator]
+            entry()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -1,7 +1,8 @@
-"""FedBN at a site: its own BatchNorm weights/statistics, kept in its state dir and never sent.
+"""A site's own state and limits around a round's work (client/session.py does the work itself).
 
-They replace the global ones before evaluation and training (client/session.py does the work of
-a round; this module only keeps the site's BatchNorm state between rounds).
+FedBN: the site's BatchNorm weights/statistics, kept in its state dir and never sent; they replace
+the global ones before evaluation and training. And the site's minimum of validation patients per
+class below which it sends no histogram (a histogram of a handful of patients discloses them).
 """
 
 from __future__ import annotations
@@ -11,10 +12,16 @@ from typing import Any
 
 from mammo_fl.client.site import SiteInfo
 from mammo_fl.common.federation import protocol as P
-from mammo_fl.common.federation.round_config import RoundConfig
+from mammo_fl.common.federation.round_config import FED_ID, RoundConfig
+from mammo_fl.common.utils.atomic import atomic_path
+from mammo_fl.common.utils.errors import ConfigError
 
 
 def fedbn_path(site: SiteInfo, rc: RoundConfig) -> Path:
+    """The site's FedBN state for this federation; `fed-id` comes from the server, so it is checked
+    again here (RoundConfig.from_record already refuses one that could leave the folder)."""
+    if not FED_ID.match(rc.fed_id):
+        raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
     return site.state_dir / "fedbn" / f"{rc.fed_id}.pt"
 
 
@@ -34,7 +41,23 @@ def save_local_bn(site: SiteInfo, rc: RoundConfig, model: Any) -> None:
     prefixes = P.batchnorm_prefixes(model)
     bn = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if P.is_batchnorm_key(k, prefixes)}
     path = fedbn_path(site, rc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(bn, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(bn, tmp)
+
+
+def patients_per_class(images: Any) -> tuple[int, int]:
+    """(negative, positive) patients of an image table; a patient is positive if any image is."""
+    per_patient = images.groupby(images["patient_id"].astype(str))["label"].max().astype(int)
+    return int((per_patient == 0).sum()), int((per_patient == 1).sum())
+
+
+def check_evaluable(val_patients: tuple[int, int], min_per_class: int) -> None:
+    """A histogram of a handful of patients discloses each one's score and label: refuse to send it.
+
+    `val_patients` = (negative, positive) validation patients (`patients_per_class`)."""
+    neg, pos = val_patients
+    if min(neg, pos) < min_per_class:
+        from mammo_fl.client.policy import SiteRefusal
+
+        raise SiteRefusal(P.TOO_SMALL, f"validation split has {neg} negative / {pos} positive patient(s); "
+                                       f"the site sends histograms only from {min_per_class} per class")

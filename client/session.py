@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from mammo_fl.client.local import apply_local_bn, check_evaluable, patients_per_class, save_local_bn
+from mammo_fl.client.policy import SiteRefusal
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation import wire as W
 from mammo_fl.common.federation.round_config import RoundConfig
+from mammo_fl.common.utils.atomic import atomic_path, atomic_write_text
 from mammo_fl.common.utils.errors import DataError
 
 HELD_DIR = "held"
@@ -43,6 +45,7 @@ class WorkResult:
     update: W.Packed | None = None
     held: str = ""  # digest of the global model the site now holds
     timings: dict[str, float] = field(default_factory=dict)
+    eval_refused: SiteRefusal | None = None  # asked to evaluate, but too small to send a histogram
 
 
 @dataclass
@@ -51,6 +54,7 @@ class _Data:
     train: Any  # WholeImageDataset (preloaded when small)
     val: Any
     val_labels: np.ndarray
+    val_patients: tuple[int, int]  # (negative, positive) validation patients
     prep_seconds: float
 
 
@@ -95,14 +99,9 @@ class SiteSession:
         for old in path.parent.glob("*.npz"):  # one federation's model at a time
             if old != path:
                 old.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **self.held)
-        os.replace(tmp, path)
-        meta = path.with_suffix(".json")
-        meta_tmp = meta.with_name(f".{meta.name}.tmp")
-        meta_tmp.write_text(json.dumps({"digest": self.held_digest}))
-        os.replace(meta_tmp, meta)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **self.held)
+        atomic_write_text(path.with_suffix(".json"), json.dumps({"digest": self.held_digest}))
         self._dirty = False
 
     def receive(self, rc: RoundConfig, packed: W.Packed, base: str, target: str) -> bool:
@@ -128,8 +127,8 @@ class SiteSession:
     # --- data and model ------------------------------------------------------------------------
     def data(self, rc: RoundConfig) -> _Data:
         """Manifest -> split -> cached, readable images, preloaded into RAM once per worker."""
-        from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
-        from mammo_fl.common.training.datasets import WholeImageDataset, filter_readable, preload_if_small
+        from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, filter_readable
+        from mammo_fl.common.training.datasets import WholeImageDataset, preload_if_small
 
         key = json.dumps([rc.preprocessing, rc.val_fraction, rc.finetune.seed], sort_keys=True)
         if self._data is not None and self._data.key == key:
@@ -148,7 +147,7 @@ class SiteSession:
         for ds in (train_ds, val_ds):
             preload_if_small(ds, rc.finetune.preload_max_mb)
         prep = time.perf_counter() - t0
-        self._data = _Data(key, train_ds, val_ds, val["label"].astype(int).to_numpy(), prep)
+        self._data = _Data(key, train_ds, val_ds, val["label"].astype(int).to_numpy(), patients_per_class(val), prep)
         self._prep_pending += prep
         return self._data
 
@@ -173,8 +172,6 @@ class SiteSession:
         """The model with the held global weights and (FedBN) this site's own BatchNorm."""
         import torch
 
-        from mammo_fl.client.local import apply_local_bn
-
         model = self.model(rc)
         assert self.held is not None
         model.load_state_dict({k: torch.from_numpy(v) for k, v in self.held.items()}, strict=True)
@@ -182,13 +179,16 @@ class SiteSession:
         return model
 
     # --- the work ------------------------------------------------------------------------------
-    def evaluate(self, rc: RoundConfig) -> dict[str, Any]:
-        """Score the held global model on the validation patients -> fixed-bin histograms only."""
+    def evaluate(self, rc: RoundConfig, min_per_class: int = 0) -> dict[str, Any]:
+        """Score the held global model on the validation patients -> fixed-bin histograms only.
+
+        Fewer than `min_per_class` validation patients in either class: no histogram (SiteRefusal)."""
         from mammo_fl.common.evaluation.inference import predict_scores
         from mammo_fl.common.evaluation.metrics import score_histograms
         from mammo_fl.common.utils.device import select_device
 
         data = self.data(rc)
+        check_evaluable(data.val_patients, min_per_class)
         if len(data.val) == 0:
             raise DataError(self.site.data_dir, "no validation images after the local split")
         t0 = time.perf_counter()
@@ -205,7 +205,6 @@ class SiteSession:
         """Fine-tune the held global model -> (metrics, delta of the exchanged arrays)."""
         import torch
 
-        from mammo_fl.client.local import save_local_bn
         from mammo_fl.common.training.finetune import finetune
         from mammo_fl.common.training.loops import set_trainable
         from mammo_fl.common.utils.device import select_device
@@ -244,8 +243,12 @@ class SiteSession:
         prep, self._prep_pending = self._prep_pending, 0.0
         return prep
 
-    def handle(self, kind: str, rc: RoundConfig, packed: W.Packed, base: str, target: str) -> WorkResult:
-        """One message: receive, (evaluate), (train)."""
+    def handle(self, kind: str, rc: RoundConfig, packed: W.Packed, base: str, target: str,
+               min_per_class: int = 0) -> WorkResult:
+        """One message: receive, (evaluate), (train).
+
+        A site too small to evaluate still trains (the refusal is returned with the update); an
+        EVALUATE message it cannot answer fails with the refusal."""
         from mammo_fl.common.utils.device import set_cpu_threads
 
         set_cpu_threads(int(self.site.node_config.get("num-threads", 0) or rc.num_threads or 0))
@@ -254,7 +257,12 @@ class SiteSession:
             return WorkResult(status=P.STATUS_NEED_FULL, held=self.held_digest)
         out = WorkResult(held=self.held_digest, timings={"receive": time.perf_counter() - t0})
         if kind == "evaluate" or rc.evaluate:
-            out.eval_metrics = self.evaluate(rc)
+            try:
+                out.eval_metrics = self.evaluate(rc, min_per_class)
+            except SiteRefusal as exc:
+                if kind != "train" or exc.code != P.TOO_SMALL:
+                    raise
+                out.eval_refused = exc
         if kind == "train":
             out.train_metrics, out.update = self.train(rc)
         return out

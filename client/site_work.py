@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mammo_fl.client.policy import SitePolicy, check_registered_name, check_request
 from mammo_fl.client.session import SiteSession
 from mammo_fl.client.site import resolve_site
 from mammo_fl.common.federation import protocol as P
@@ -41,6 +42,13 @@ def packed_from_request(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
                     str(meta["layout"]), [int(e) for e in meta.get("exponents", [])])
 
 
+def _round_of(header: dict[str, Any]) -> int:
+    try:
+        return int(dict(header.get("config") or {}).get("server-round", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
                 persist: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray], SiteSession | None]:
     """Do the work a request asks for -> (response header, response arrays, the session used).
@@ -51,17 +59,25 @@ def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
     from mammo_fl.client.app import log_locally, public_reason
 
     sess = None
+    kind, rnd = str(header.get("kind")), _round_of(header)
     try:
         sess = session_for(dict(header["node_config"]), dict(header["run_config"]))
         rc = RoundConfig.from_record(header["config"])
+        policy = SitePolicy.from_node_config(sess.site.node_config)
+        check_registered_name(rc, sess.site.name)  # before any work: an impostor's request does nothing
+        check_request(policy, rc)
         wire_meta = dict(header["wire"])
         packed = packed_from_request(wire_meta, arrays)
-        result = sess.handle(str(header["kind"]), rc, packed, str(wire_meta.get("base", "")),
-                             str(wire_meta.get("target", "")))
+        result = sess.handle(kind, rc, packed, str(wire_meta.get("base", "")), str(wire_meta.get("target", "")),
+                             min_per_class=policy.min_patients_per_class)
         if persist:
             sess.persist()
+        if result.eval_refused is not None:  # the site trains, but sends no histogram: said on its console
+            log_locally(sess.site.state_dir,
+                        f"evaluate round {rnd} failed [{result.eval_refused.code}]: {result.eval_refused}")
         out: dict[str, Any] = {"status": result.status, "site": sess.site.name, "held": result.held,
-                               "eval": result.eval_metrics, "train": result.train_metrics, "timings": result.timings}
+                               "eval": result.eval_metrics, "train": result.train_metrics, "timings": result.timings,
+                               "eval_error": result.eval_refused.code if result.eval_refused else None}
         out_arrays: dict[str, np.ndarray] = {}
         if result.update is not None:
             out["wire"] = {"mode": result.update.mode, "dtype": result.update.dtype, "layout": result.update.layout,
@@ -71,6 +87,7 @@ def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
     except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
         reason = public_reason(exc)
         state_dir = sess.site.state_dir if sess else None
-        log_locally(state_dir, f"{header.get('kind')} failed: {exc}\n{traceback.format_exc()}")
-        logging.getLogger("mammo.client").warning("%s failed: %s", header.get("kind"), reason)
+        # "<kind> round N failed [code]: ..." is what the site's console picks up (client/site_console.py)
+        log_locally(state_dir, f"{kind} round {rnd} failed [{reason}]: {exc}\n{traceback.format_exc()}")
+        logging.getLogger("mammo.client").warning("%s failed: %s", kind, reason)
         return {"status": P.STATUS_ERROR, "error": reason, "site": sess.site.name if sess else ""}, {}, sess

@@ -11,6 +11,7 @@ import math
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,12 @@ class Table:
             return f"run failed: {ev.get('reason')}"
         return None
 
-
     def _round_line(self, ev: dict[str, Any]) -> str:
         """Round r's training, and the AUC of the model its sites evaluated (round r-1's; `model`)."""
         out = []
         if not self.header_done:
             out.append(f"{'round':>5} {'loss':>8} {'sites':>5} {'secs':>7} {'MB down/up':>11} | {'model':>7} "
-                       f"{'pooled AUC':>10} {'sens':>6} {'spec':>6}  per-site AUC")
+                       f"{'pooled AUC':>10} {'thresh':>6} {'sens':>6} {'spec':>6}  per-site AUC")
             self.header_done = True
         if ev.get("event") == "final_evaluation":
             train = f"{'final':>5} {'':>8} {'':>5} {'':>7} {'':>11}"
@@ -73,6 +73,7 @@ class Table:
         sites = " ".join(f"{k[len(prefix) + 4:]}={_fmt(v)}" for k, v in sorted(ev.items())
                          if k.startswith(prefix + "auc_"))
         out.append(f"{train} | {name:>7} {_fmt(ev.get(prefix + 'pooled_auc')):>10} "
+                   f"{_fmt(ev.get(prefix + 'threshold'), 3):>6} "
                    f"{_fmt(ev.get(prefix + 'sens'), 2):>6} {_fmt(ev.get(prefix + 'spec'), 2):>6}  {sites}")
         return "\n".join(out)
 
@@ -87,8 +88,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen) -> dict[str, Any]:
-    """Print events until the run ends; return status.json (or a synthetic failure)."""
+def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen,
+               tick: Callable[[], list[str]] | None = None) -> dict[str, Any]:
+    """Print events until the run ends; return status.json (or a synthetic failure).
+
+    `tick` is called every loop (proxy supervision, refused keys); its lines are printed."""
     table = Table()
     offset = rundir.events.stat().st_size if rundir.events.exists() else 0  # --resume: only new events
     started_at = time.monotonic()
@@ -108,6 +112,8 @@ def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess
                     text = table.line(ev)
                     if text:
                         say(text)
+        for text in tick() if tick is not None else []:
+            say(text)
         status = _read_status(rundir)
         if status and status.get("launch_id") != rundir.launch_id:
             status = None

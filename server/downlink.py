@@ -46,26 +46,27 @@ class Downlink:
             self._full = W.pack_full(self.arrays, self.layout_all)
         return self._full, ""
 
-    def content(self, node: int, config: Any, force_full: bool = False) -> Any:
-        """The RecordDict for one node: packed arrays (unless "same"), how they are packed, the round config."""
+    def contents(self, nodes: list[int], config: Any, force_full: bool = False) -> dict[int, Any]:
+        """One RecordDict per node: packed arrays (unless "same"), how they are packed, the round config.
+
+        `config` is the round's ConfigRecord, or a function node id -> ConfigRecord (each node is told
+        the site its key is registered under). Nodes that get the same payload share one ArrayRecord,
+        so Flower hashes and stores it once."""
         from flwr.app import ConfigRecord, RecordDict
 
-        packed, base = self.packed_for(node, force_full)
-        record, meta = P.packed_to_records(packed)
-        content = RecordDict({P.WIRE: ConfigRecord({**meta, "base": base, "target": self.digest}), P.CONFIG: config})
-        if record is not None:
-            content[P.ARRAYS] = record
-        return content
-
-    def contents(self, nodes: list[int], config: Any, force_full: bool = False) -> dict[int, Any]:
-        """One RecordDict per node, shared between nodes that get the same payload."""
-        by_mode: dict[str, Any] = {}
+        config_for = config if callable(config) else (lambda node: config)
+        payloads: dict[str, tuple[Any, dict[str, Any], str]] = {}
         out = {}
         for n in nodes:
-            mode = self.packed_for(n, force_full)[0].mode
-            if mode not in by_mode:
-                by_mode[mode] = self.content(n, config, force_full)
-            out[n] = by_mode[mode]
+            packed, base = self.packed_for(n, force_full)
+            if packed.mode not in payloads:
+                payloads[packed.mode] = (*P.packed_to_records(packed), base)
+            record, meta, base = payloads[packed.mode]
+            content = RecordDict({P.WIRE: ConfigRecord({**meta, "base": base, "target": self.digest}),
+                                  P.CONFIG: config_for(n)})
+            if record is not None:
+                content[P.ARRAYS] = record
+            out[n] = content
         return out
 
     def decode_update(self, content: Any) -> dict[str, np.ndarray]:

@@ -55,6 +55,12 @@ def wait_for_sites(
         time.sleep(1.0)
 
 
+def _content_for(content: Any, node: int) -> Any:
+    if isinstance(content, dict):
+        return content[node]
+    return content(node) if callable(content) else content
+
+
 def exchange(
     grid: Any,
     node_ids: list[int],
@@ -63,14 +69,14 @@ def exchange(
     group_id: str,
     timeout_s: float,
 ) -> Collected:
-    """Send `content` (one RecordDict for all, or a dict node -> RecordDict) to every node and collect
-    replies until all answered, left, or timed out."""
+    """Send `content` (one RecordDict for all, a dict node id -> RecordDict, or a function of the
+    node id) to every node and collect replies until all answered, left, or timed out."""
     from flwr.app import Message
 
     start = time.monotonic()
     ttl = max(timeout_s + 60.0, 120.0)  # stale messages expire at sites that come back later
-    per_node = content if isinstance(content, dict) else dict.fromkeys(node_ids, content)
-    messages = [Message(per_node[n], int(n), message_type, ttl=ttl, group_id=group_id) for n in node_ids]
+    messages = [Message(_content_for(content, int(n)), int(n), message_type, ttl=ttl, group_id=group_id)
+                for n in node_ids]
     ids = list(grid.push_messages(messages))
     pending = {mid: int(n) for mid, n in zip(ids, node_ids, strict=True) if mid}
     out = Collected()

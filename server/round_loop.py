@@ -1,13 +1,15 @@
 """The coordinator's round loop (runs inside the ServerApp process).
 
 One message per site per round: wait (bounded) for `min-sites` sites -> send the global model
-(full, or the delta against the model the site holds: server/downlink.py) -> each site scores
-it on its validation split, then fine-tunes it, and replies with both -> screen replies (errors,
+(full, or the delta against the model the site holds: server/downlink.py) to the nodes of
+registered sites, each told the name its key is registered under -> each site scores it on its
+validation split, then fine-tunes it, and replies with both -> screen replies (impostors, errors,
 NaN/Inf, wrong keys/shapes; the site is named) -> aggregate with the configured strategy ->
 checkpoint, metrics, strategy state, then the resume marker. The evaluation in round r's replies
-is that of round r-1's model (pooled histograms); the final model is evaluated by one more
-message after the last round. A round with too few valid updates is retried; a run that cannot
-make progress fails with a one-line reason.
+is that of round r-1's model (pooled histograms, the operating point chosen on them); it is
+attached to that model's row, histograms and checkpoint. The final model is evaluated by one more
+message after the last round, and final.pt carries that evaluation's operating point. A round with
+too few valid updates is retried; a run that cannot make progress fails with a one-line reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,13 @@ from mammo_fl.server.committer import Committer
 from mammo_fl.server.downlink import Downlink
 from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
 from mammo_fl.server.global_model import GlobalModel
-from mammo_fl.server.pooled_metrics import check_bins, pool_histograms
+from mammo_fl.server.histogram_store import save_round_histograms
+from mammo_fl.server.launch_record import fab_hash_of
+from mammo_fl.server.pooled_metrics import EvalSummary, check_bins, pool_histograms
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.settings import FederationSettings
+from mammo_fl.server.site_events import report_replies
+from mammo_fl.server.site_nodes import SiteIdentity
 from mammo_fl.server.strategy import (
     aggregate,
     build_strategy,
@@ -68,7 +73,16 @@ class RoundContext:
     fed_id: str
     downlink: Downlink
     committer: Committer
+    identity: SiteIdentity = SiteIdentity()  # registered node -> site names (empty path: lab mode)
     started: bool = False  # a training round of this launch has started
+
+
+@dataclass
+class Evaluation:
+    """One model's evaluation: the accepted site histograms and what the pooled ones give."""
+
+    accepted: list[Screened]
+    summary: EvalSummary
 
 
 def federation_id(out_dir: str) -> str:
@@ -125,36 +139,61 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int, committe
             stale.unlink(missing_ok=True)
         first = 1
     downlink = Downlink(model.arrays, model.exchanged_keys(s.fedbn, s.train_layers), s.wire_dtype)
-    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink, committer)
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink, committer,
+                       SiteIdentity(s.site_nodes))
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
-                 min_sites=s.min_sites, weights=len(model.arrays), wire=s.wire_dtype, train_layers=s.train_layers)
+                 min_sites=s.min_sites, weights=len(model.arrays), wire=s.wire_dtype, train_layers=s.train_layers,
+                 fab_hash=fab_hash_of(grid))
     for rnd in range(first, s.num_server_rounds + 1):
         # round r's sites first score the model they receive (round r-1's; round 0 = the initial model)
         evaluate = rnd > 1 or s.evaluate_initial
-        row, evaluated, started = _train_round(ctx, rnd, evaluate)
+        row, evaluation, started = _train_round(ctx, rnd, evaluate)
         rows.append(row)
-        if evaluated is not None:
-            R.apply_evaluation(rows, rnd - 1, evaluated, source=f"round {rnd}")
+        fields = _attach_evaluation(ctx, rows, rnd - 1, evaluation, f"round {rnd}") if evaluation else None
         _commit(ctx, rnd, rows)
         # from the first message out until the next round can start (its commit goes on in the background;
         # the csv gets this figure with the next commit)
         R.set_round_seconds(rows, rnd, time.monotonic() - started)
-        rundir.event("round_end", **row, evaluated_model=rnd - 1 if evaluated else None,
-                     **{f"eval_{k}": v for k, v in (evaluated or {}).items()})
+        rundir.event("round_end", **row, evaluated_model=rnd - 1 if fields else None,
+                     **{f"eval_{k}": v for k, v in (fields or {}).items()})
     last = s.num_server_rounds
     final_start = time.monotonic()
-    evaluated = _final_evaluation(ctx, last)
-    if evaluated is not None:
-        R.apply_evaluation(rows, last, {**evaluated, "evaluate_seconds": time.monotonic() - final_start},
-                           source="final")
-        rundir.event("final_evaluation", model=last, **evaluated)
+    evaluation = _final_evaluation(ctx, last)
+    fields = _attach_evaluation(ctx, rows, last, evaluation, "final",
+                                {"evaluate_seconds": time.monotonic() - final_start}, final=True)
+    rundir.event("final_evaluation", model=last, **fields)
     committer.wait()
     rundir.write_rows(rows)
-    shutil.copy2(rundir.round_checkpoint(last), rundir.final)
     rundir.set_status("completed", run_id=run_id, rounds=last, final=str(rundir.final))
     rundir.event("done", rounds=last)
     _log("Federation finished: %d rounds, final model %s", last, rundir.final)
+
+
+def _attach_evaluation(ctx: RoundContext, rows: list[dict[str, Any]], model_round: int, evaluation: Evaluation,
+                       source: str, extra: dict[str, Any] | None = None, final: bool = False) -> dict[str, Any]:
+    """Give model `model_round` its evaluation: its metrics row (AUCs, operating point, per-site
+    sens/spec, `evaluated_by`), its histograms in histograms.npz, and its checkpoint's metrics
+    (round_r.pt; with `final`, final.pt as well). Written in the background, before the next commit."""
+    fields = {**R.evaluation_fields(evaluation.accepted, evaluation.summary), **(extra or {})}
+    row = R.apply_evaluation(rows, model_round, fields, source)
+    metrics = R.checkpoint_metrics(row, ctx.settings) if model_round > 0 or final else None
+    hists = dict(evaluation.summary.site_hists)
+    rundir = ctx.rundir
+    checkpoint = rundir.round_checkpoint(model_round)
+
+    def write() -> None:
+        from mammo_fl.common.models.checkpoint import update_checkpoint_metrics
+
+        save_round_histograms(rundir.root, model_round, hists)
+        if metrics is not None:
+            update_checkpoint_metrics(checkpoint, metrics, copy_to=rundir.final if final else None)
+
+    ctx.committer.submit(write)
+    _log("%s: pooled AUC %s over %d site(s), evaluated by %s",
+         "Initial model" if model_round == 0 else f"Round {model_round}'s model",
+         _fmt_auc(evaluation.summary.pooled_auc), len(evaluation.accepted), source)
+    return fields
 
 
 def _commit(ctx: RoundContext, rnd: int, rows: list[dict[str, Any]]) -> None:
@@ -164,7 +203,7 @@ def _commit(ctx: RoundContext, rnd: int, rows: list[dict[str, Any]]) -> None:
     row = rows[-1]
     provenance = {"federation": {"round": rnd, "strategy": s.strategy, "fedbn": s.fedbn, "sites": row["sites"],
                                  "run_id": ctx.run_id, "wire": s.wire_dtype, "train_layers": s.train_layers}}
-    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+    metrics = R.checkpoint_metrics(row, s)  # the evaluation (operating point) is added when it arrives
     model = dataclasses.replace(ctx.model)  # the arrays dict is replaced, never mutated, by the next round
     moments = strategy_snapshot(ctx.strategy)
     table = [dict(r) for r in rows]
@@ -179,7 +218,7 @@ def _commit(ctx: RoundContext, rnd: int, rows: list[dict[str, Any]]) -> None:
     ctx.committer.submit(write)
 
 
-def _round_config(ctx: RoundContext, rnd: int, evaluate: bool = False) -> Any:
+def _round_config(ctx: RoundContext, rnd: int, evaluate: bool = False, registered_site: str = "") -> Any:
     s = ctx.settings
     return RoundConfig(
         server_round=rnd,
@@ -197,7 +236,26 @@ def _round_config(ctx: RoundContext, rnd: int, evaluate: bool = False) -> Any:
         evaluate=evaluate,
         train_layers=s.train_layers,
         wire_dtype=s.wire_dtype,
+        registered_site=registered_site,
     ).to_record()
+
+
+def _configs(ctx: RoundContext, rnd: int, evaluate: bool) -> Any:
+    """node id -> its round config, which names the site the node's key is registered under (so an
+    impostor's own ClientApp refuses too); in lab mode one config for all."""
+    names = ctx.identity.names()
+    if not names:
+        return _round_config(ctx, rnd, evaluate)
+    return lambda node: _round_config(ctx, rnd, evaluate, names.get(node, ""))
+
+
+def _registered_nodes(ctx: RoundContext, rnd: int, kind: str, nodes: list[int]) -> list[int]:
+    """Nodes of registered sites; the others get nothing and are reported."""
+    keep, refused = ctx.identity.split(nodes)
+    for node in refused:
+        ctx.rundir.event("site_rejected", round=rnd, kind=kind, site=f"node-{node}", node=node,
+                         reason="refused: its key belongs to no registered site (unknown or removed)")
+    return keep
 
 
 def _report_missing(ctx: RoundContext, rnd: int, kind: str, col: Collected) -> None:
@@ -220,8 +278,6 @@ class _Sent:
 
 
 def _needs_full(reply: Any) -> bool:
-    from mammo_fl.common.federation import protocol as P
-
     if reply.has_error():
         return False
     rec = reply.content.config_records.get(P.SITE)
@@ -249,9 +305,20 @@ def _send(ctx: RoundContext, nodes: list[int], message_type: str, config: Any, g
 
 
 def _sizes(contents: dict[int, Any]) -> dict[int, int]:
-    """Serialised size per node (computed once per distinct RecordDict)."""
-    by_id: dict[int, int] = {}
-    return {n: by_id.setdefault(id(c), P.recorddict_nbytes(c)) for n, c in contents.items()}
+    """Serialised size per node: the shared ArrayRecord is measured once per payload, the small
+    per-node records (wire description, round config) per node."""
+    from flwr.app import RecordDict
+
+    by_record: dict[int, int] = {}
+    out = {}
+    for node, content in contents.items():
+        record = content.array_records.get(P.ARRAYS)
+        small = RecordDict({k: v for k, v in content.items() if k != P.ARRAYS})
+        size = P.recorddict_nbytes(small)
+        if record is not None:
+            size += by_record.setdefault(id(record), P.recorddict_nbytes(RecordDict({P.ARRAYS: record})))
+        out[node] = size
+    return out
 
 
 def _mean(values: list[int]) -> float:
@@ -259,7 +326,7 @@ def _mean(values: list[int]) -> float:
 
 
 def _train_round(ctx: RoundContext, rnd: int,
-                 evaluate: bool) -> tuple[dict[str, Any], dict[str, Any] | None, float]:
+                 evaluate: bool) -> tuple[dict[str, Any], Evaluation | None, float]:
     """(round r's training row, the evaluation of the model the sites received when asked, when the
     round's first message went out)."""
     from flwr.app import MessageType
@@ -269,20 +336,23 @@ def _train_round(ctx: RoundContext, rnd: int,
     evals: dict[str, Screened] = {}
     started = None
     for attempt in range(s.round_retries + 1):
-        nodes = _wait_for_round(ctx, rnd, first_round=not ctx.started)
+        nodes = _registered_nodes(ctx, rnd, "train", _wait_for_round(ctx, rnd, first_round=not ctx.started))
         ctx.started = True
         started = started if started is not None else time.monotonic()  # waiting for sites is not the round's cost
-        ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt)
+        ctx.rundir.event("round_start", round=rnd, sites=len(nodes), attempt=attempt, nodes=nodes)
         _log("Round %d: evaluating and training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
-        sent = _send(ctx, nodes, MessageType.TRAIN, _round_config(ctx, rnd, evaluate), str(rnd))
+        sent = _send(ctx, nodes, MessageType.TRAIN, _configs(ctx, rnd, evaluate), str(rnd))
         _report_missing(ctx, rnd, "train", sent.col)
         got = screen(sent.col.replies, train=True, evaluate=evaluate, expected=expected,
-                     decode=ctx.downlink.decode_update)
+                     decode=ctx.downlink.decode_update, names=ctx.identity.names())
         ctx.downlink.note(got.held)
         accepted, dup = _dedupe_sites(got.train)
         _report_rejected(ctx, rnd, "train", got.rejected_train + dup)
         if evaluate:
-            evals.update({e.site: e for e in _accept_evals(ctx, rnd, got)})
+            fresh = _accept_evals(ctx, rnd, got)
+            report_replies(ctx.rundir, rnd - 1, "evaluate", fresh)  # the model they scored: round r-1's
+            evals.update({e.site: e for e in fresh})
+        report_replies(ctx.rundir, rnd, "train", accepted)
         if len(accepted) >= s.min_sites:
             break
         ctx.rundir.event("round_retry", round=rnd, valid=len(accepted), need=s.min_sites, attempt=attempt)
@@ -299,8 +369,7 @@ def _train_round(ctx: RoundContext, rnd: int,
                       _mean([sent.bytes_down[n] for n in nodes]), _mean(bytes_up), s.wire_dtype)
     if not evaluate:
         return row, None, started
-    summary = pool_histograms(eval_list, s.hist_bins, s.threshold)
-    return row, R.evaluation_fields(eval_list, summary, s.threshold), started
+    return row, Evaluation(eval_list, pool_histograms(eval_list, s.hist_bins, s.operating_target())), started
 
 
 def _accept_evals(ctx: RoundContext, rnd: int, got: RoundReplies) -> list[Screened]:
@@ -313,23 +382,23 @@ def _accept_evals(ctx: RoundContext, rnd: int, got: RoundReplies) -> list[Screen
     return accepted
 
 
-def _final_evaluation(ctx: RoundContext, last: int) -> dict[str, Any] | None:
-    """One more message after the last round: every online site scores the final model."""
+def _final_evaluation(ctx: RoundContext, last: int) -> Evaluation:
+    """One more message after the last round: every online registered site scores the final model."""
     from flwr.app import MessageType
 
     s = ctx.settings
-    nodes = online_nodes(ctx.grid)
+    nodes = _registered_nodes(ctx, last, "evaluate", online_nodes(ctx.grid))
     if not nodes:
-        return None
+        return Evaluation([], pool_histograms([], s.hist_bins, s.operating_target()))
+    ctx.rundir.event("evaluate_start", round=last, nodes=nodes)
     _log("Final model: evaluating at %d sites", len(nodes))
-    sent = _send(ctx, nodes, MessageType.EVALUATE, _round_config(ctx, last, evaluate=True), f"eval-{last}")
+    sent = _send(ctx, nodes, MessageType.EVALUATE, _configs(ctx, last, True), f"eval-{last}")
     _report_missing(ctx, last, "evaluate", sent.col)
-    got = screen(sent.col.replies, train=False, evaluate=True)
+    got = screen(sent.col.replies, train=False, evaluate=True, names=ctx.identity.names())
     ctx.downlink.note(got.held)
     accepted = _accept_evals(ctx, last, got)
-    summary = pool_histograms(accepted, s.hist_bins, s.threshold)
-    _log("Final model: pooled AUC %s over %d site(s)", _fmt_auc(summary.pooled_auc), len(accepted))
-    return R.evaluation_fields(accepted, summary, s.threshold)
+    report_replies(ctx.rundir, last, "evaluate", accepted)
+    return Evaluation(accepted, pool_histograms(accepted, s.hist_bins, s.operating_target()))
 
 
 def _fmt_auc(value: float) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mammo_fl.server.operating_point import operating_point_columns, operating_point_record
 from mammo_fl.server.pooled_metrics import EvalSummary
+from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.validate import Screened
 
 
@@ -46,19 +48,29 @@ def train_row(rnd: int, accepted: list[Screened], evals: list[Screened], rejecte
     }
 
 
-def evaluation_fields(accepted: list[Screened], summary: EvalSummary, threshold: float) -> dict[str, Any]:
+def evaluation_fields(accepted: list[Screened], summary: EvalSummary) -> dict[str, Any]:
+    """A model's evaluation columns: pooled and per-site AUC, and the operating point chosen on the
+    pooled histograms with each site's sens/spec there (server/operating_point.py)."""
     fields: dict[str, Any] = {
         "pooled_auc": summary.pooled_auc,
         "eval_sites": len(accepted),
-        "sens": summary.sens,
-        "spec": summary.spec,
-        "threshold": threshold,
         "n_pos": summary.n_pos,
         "n_neg": summary.n_neg,
     }
     for site, value in sorted(summary.site_auc.items()):
         fields[f"auc_{site}"] = value
+    fields.update(operating_point_columns(summary))  # threshold, sens, spec, sens_<site>, spec_<site>
     return fields
+
+
+def checkpoint_metrics(row: dict[str, Any], settings: FederationSettings) -> dict[str, Any]:
+    """What a round checkpoint carries: its row's figures and, once the model was evaluated, the
+    operating point chosen on its pooled histograms (applied by `mammo-train predict`)."""
+    metrics: dict[str, Any] = {k: v for k, v in row.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if row.get("evaluated_by"):
+        metrics["evaluated_by"] = row["evaluated_by"]
+        metrics["operating_point"] = operating_point_record(row, settings)
+    return metrics
 
 
 def row_for(rows: list[dict[str, Any]], model_round: int) -> dict[str, Any]:

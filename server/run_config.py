@@ -24,11 +24,11 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
     if args.config is not None:
         if not args.config.is_file():
             raise ConfigError(f"config file not found: {args.config}")
-        for key, value in load_toml(args.config).items():
+        for key, value in flatten_sections(load_toml(args.config)).items():
             if key not in config:
                 raise ConfigError(f"{args.config}: unknown federation setting {key!r}")
             config[key] = value
-    config = apply_overrides(config, args.overrides)
+    config = apply_overrides(config, [flat_override(item, config) for item in args.overrides])
     config["initial-model"] = str(args.model.resolve())
     config["out-dir"] = str(rundir)
     config["resume"] = bool(args.resume)
@@ -43,3 +43,22 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
 
 def write_run_config(config: dict[str, Any], path: Path) -> None:
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
+
+
+def flat_override(item: str, config: dict[str, Any]) -> str:
+    """`operating-point.specificity=0.95` -> `operating-point-specificity=0.95` where the flat key exists:
+    Flower's run config is flat and dashed, the user-facing form may use a section."""
+    key, sep, value = item.partition("=")
+    flat = key.strip().replace(".", "-")
+    return f"{flat}{sep}{value}" if "." in key and flat in config else item
+
+
+def flatten_sections(table: dict[str, Any]) -> dict[str, Any]:
+    """A --config file's `[operating-point] specificity = 0.95` -> `operating-point-specificity = 0.95`."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update({f"{key}-{k}": v for k, v in flatten_sections(value).items()})
+        else:
+            out[key] = value
+    return out

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from mammo_fl.common.evaluation.operating_point import Target, target_from_settings
 from mammo_fl.common.federation.round_config import (
     check_train_layers,
     coerce_value,
@@ -53,12 +54,18 @@ class FederationSettings:
     round_retries: int = 2
     # evaluation
     hist_bins: int = 1000
-    threshold: float = 0.5
+    threshold: float = 0.5  # fixed threshold, used only when both operating-point targets are 0
+    # operating point chosen each round on the pooled histograms (common/evaluation/operating_point.py):
+    # a sensitivity target (> 0) wins over the specificity target
+    operating_point_specificity: float = 0.9
+    operating_point_sensitivity: float = 0.0
     evaluate_initial: bool = True
     resume: bool = False
     launch_id: str = ""  # set by mammo-server: tags events/status so a stale ServerApp is ignored
     # simulation: site folders are the sorted subfolders of sites-dir
     sites_dir: str = ""
+    # deployment with registered sites: node id -> site name file (set by mammo-server; "" = lab mode)
+    site_nodes: str = ""
 
     @staticmethod
     def key_of(field_name: str) -> str:
@@ -88,7 +95,12 @@ class FederationSettings:
         mu = self.finetune.proximal_mu if self.strategy == "fedprox" else 0.0
         return dataclasses.replace(self.finetune, proximal_mu=mu)
 
+    def operating_target(self) -> Target:
+        return target_from_settings(self.operating_point_specificity, self.operating_point_sensitivity,
+                                    self.threshold)
+
     def check(self) -> None:
+        self.operating_target()  # targets and threshold in [0, 1]
         check_strategy(self.strategy)
         check_train_layers(self.train_layers)
         check_wire_dtype(self.wire_dtype)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.validate import Screened
 
@@ -108,9 +109,8 @@ def save_strategy_state(strategy: Any, path: Path) -> None:
     """FedOpt moments (m_t, v_t) -> npz (a strategy or its `strategy_snapshot`); other strategies are
     stateless between rounds."""
     arrays = strategy if isinstance(strategy, dict) else strategy_snapshot(strategy)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_strategy_state(strategy: Any, path: Path) -> int:

@@ -53,7 +53,8 @@ def _site_val_scores(site_dir, checkpoint):
     from mammo_fl.common.models.checkpoint import load_checkpoint
     from mammo_fl.common.training.datasets import WholeImageDataset
     from mammo_fl.common.evaluation.inference import predict_scores
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache
+    from mammo_fl.common.imaging.geometry import PreprocessSettings
 
     ck = load_checkpoint(checkpoint)
     site = resolve_site({"site": site_dir.name, "data-dir": str(site_dir)}, {})

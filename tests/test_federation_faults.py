@@ -78,7 +78,7 @@ def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
     nan_reasons = {e["reason"] for e in rejected if e["site"] == "site-nan" and e["kind"] == "train"}
     assert nan_reasons and all("NaN/Inf" in r for r in nan_reasons)
     broken = [e["reason"] for e in rejected if e["site"] == "site-broken"]
-    assert broken and all(r.startswith("site error: DataError") for r in broken)
+    assert broken and all(r.startswith("site error [data-error]") for r in broken)
     assert all("/" not in r for r in broken)  # no path leaves the site
     text = log.read_text()
     assert "site-nan" in text and "NaN/Inf" in text and "site-broken" in text and "Traceback" not in text

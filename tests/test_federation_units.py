@@ -43,17 +43,6 @@ def test_settings_reject_bad_values_and_default_from_empty_config():
         FederationSettings.from_run_config({"num-server-rounds": "many"})
 
 
-@pytest.fixture()
-def task_identity():
-    """Real reply Messages need Flower's task context (set by flwr-serverapp in production)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
-
-
 GOOD = {"w": np.ones((2, 3), np.float32), "n": np.array(5, np.int64)}
 SPECS = {"w": ArraySpec((2, 3), "float32"), "n": ArraySpec((), "int64")}
 TRAIN_M = {"num-examples": 4, "train-loss": 0.5, "train-seconds": 1.0}
@@ -65,7 +54,7 @@ def _reply(update: dict[str, np.ndarray] | None, metrics: dict, site: str = "a",
     """A site's reply as client/app.py builds it: the update travels as an fp16 delta against `base`."""
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "DataError: bad",
+    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "data-error",
                                                 "held": "d1"})})
     if metrics:
         content[P.METRICS] = MetricRecord(metrics)
@@ -104,7 +93,7 @@ def test_screen_names_the_site_and_the_problem(task_identity):
     reasons = {r.site: r.reason for r in got.rejected_train}
     assert "NaN/Inf" in reasons["nan-site"]
     assert "different model layout" in reasons["shape-site"] and "different model layout" in reasons["keys-site"]
-    assert reasons["broken-site"] == "site error: DataError: bad"
+    assert reasons["broken-site"] == "site error [data-error] " + P.SITE_ERRORS["data-error"]
     assert "metric names" in reasons["metric-site"]
     assert {r.site for r in got.rejected_eval} == {"shape-site", "keys-site", "metric-site"}  # no evaluation sent
     assert got.held[1] == "d1" and 5 not in got.held

@@ -46,16 +46,6 @@ class LoopbackGrid:
         return [self.replies.pop(i) for i in ids if i in self.replies]
 
 
-@pytest.fixture()
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
-
-
 def _settings(tmp_path, model, rounds: int, resume: bool = False) -> FederationSettings:
     run_config = {"out-dir": str(tmp_path / "run"), "initial-model": str(model), "num-server-rounds": rounds,
                   "min-sites": 2, "max-steps": 1, "batch-size": 2, "val-fraction": 0.4, "num-threads": 1,
@@ -73,7 +63,7 @@ def test_round_loop_rows_commits_and_resume(tmp_path, synth_sites, task_identity
     sites = {}
     for i, name in enumerate(("site-1", "site-2"), start=1):
         data = shutil.copytree(synth_sites / name, tmp_path / name)
-        sites[i] = {"site": name, "data-dir": str(data)}
+        sites[i] = {"site": name, "data-dir": str(data), "min-patients-per-class": 0}  # 3 patients a site
     grid = LoopbackGrid(sites)
     run_round_loop(grid, _settings(tmp_path, model, rounds=1), run_id=1)
     out = tmp_path / "run"
@@ -100,3 +90,50 @@ def test_round_loop_rows_commits_and_resume(tmp_path, synth_sites, task_identity
     resumed = [e for e in events if e["event"] == "resumed"]
     assert resumed and resumed[-1]["strategy_arrays"] > 0  # FedAdam moments came back
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
+
+    # each model's evaluation is attached to that model: its row (operating point, per-site sens/spec),
+    # its histograms, its checkpoint; final.pt carries the final evaluation's operating point
+    from mammo_fl.common.models.checkpoint import read_checkpoint_meta
+    from mammo_fl.server.histogram_store import load_histograms
+
+    assert {"threshold", "sens_site-1", "spec_site-2"} <= set(table.columns)
+    assert sorted(load_histograms(out)) == [0, 1, 2]
+    round_1 = read_checkpoint_meta(out / "round_001.pt")["metrics"]
+    assert round_1["evaluated_by"] == "round 2" and round_1["operating_point"]["round"] == 1
+    assert round_1["n_pos"] == int(table.loc[1, "n_pos"]) and round_1["eval_sites"] == 2
+    final = read_checkpoint_meta(out / "final.pt")["metrics"]
+    assert final["evaluated_by"] == "final" and final["operating_point"]["round"] == 2
+    assert final["operating_point"]["n_neg"] == int(table.loc[2, "n_neg"]) > 0
+    assert read_checkpoint_meta(out / "round_002.pt")["metrics"] == final
+
+
+def test_round_loop_sends_only_to_registered_sites_and_refuses_impostors(tmp_path, synth_sites, task_identity):
+    """With a registry (deployed mode): an unregistered node gets nothing, a node whose site calls itself
+    by another name than its key's is refused on both sides, and only registered names reach metrics."""
+    from mammo_fl.client import site_work
+    from mammo_fl.server.round_loop import run_round_loop
+    from mammo_fl.server.site_nodes import write_site_nodes
+
+    site_work._SESSIONS.clear()
+    model = make_checkpoint(tmp_path / "init.pt")
+    sites = {}
+    for node, name in ((1, "site-1"), (2, "site-2"), (3, "site-3")):
+        data = shutil.copytree(synth_sites / name, tmp_path / name)
+        sites[node] = {"site": name, "data-dir": str(data), "min-patients-per-class": 0}
+    registry = tmp_path / "site_nodes.json"
+    write_site_nodes(registry, {1: "site-1", 2: "site-9"})  # node 2's key is site-9's; node 3 has none
+    grid = LoopbackGrid(sites)
+    settings = _settings(tmp_path, model, rounds=1)
+    settings = type(settings).from_run_config({**settings.to_run_config(), "min-sites": 1,
+                                               "site-nodes": str(registry)})
+    run_round_loop(grid, settings, run_id=1)
+    assert {node for node, _ in grid.sent} == {1, 2}  # the unregistered node was sent nothing
+    out = tmp_path / "run"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    why = {(e["site"], e["kind"]): e["reason"] for e in events if e["event"] == "site_rejected"}
+    assert "no registered site" in why[("node-3", "train")]
+    assert "answered as 'site-2'" in why[("site-9", "train")]
+    assert "[site-name-mismatch]" in (tmp_path / "site-2" / ".mammo-fl" / "client.log").read_text()
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(table["site_names"].dropna()) == ["site-1"]
+    assert not [c for c in table.columns if c.endswith(("site-2", "site-3", "site-9"))]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pytest
 
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
@@ -16,16 +15,6 @@ from mammo_fl.common.training.finetune_config import FineTuneConfig
 
 SPEC = {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[8, 1]]}, "num_classes": 2}
 PREP = {"height": 64, "width": 48, "mode": "paper", "mean": 40.0}
-
-
-@pytest.fixture()
-def task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
 def _config(rnd: int, evaluate: bool, wire: str) -> object:
@@ -65,7 +54,8 @@ def test_rounds_travel_as_deltas_and_sites_hold_the_coordinators_model(tmp_path,
     sites = {}
     for i, name in enumerate(("site-1", "site-2"), start=1):
         data = shutil.copytree(synth_sites / name, tmp_path / name)
-        sites[i] = {"site": name, "data-dir": str(data), "state-dir": str(tmp_path / f"state-{name}")}
+        sites[i] = {"site": name, "data-dir": str(data), "state-dir": str(tmp_path / f"state-{name}"),
+                    "min-patients-per-class": 0}  # 3 patients a site: evaluate anyway
     down = Downlink(arrays, sorted(arrays), "fp16")
     strategy = build_strategy(FederationSettings(min_sites=2))
     n_float = sum(v.size for k, v in arrays.items() if v.dtype == np.float32)

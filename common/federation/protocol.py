@@ -7,9 +7,11 @@ Site -> server: {"eval": MetricRecord (the received model scored on the validati
 asked), "metrics": MetricRecord (TRAIN), "arrays" + "wire" (TRAIN: the site's update as a
 delta), "site": ConfigRecord {site, status, held = digest of the global model it now holds}}.
 A site that cannot do the work replies with only {"site": {"site", "status": "error", "error"}}
-so the coordinator can say *which* site failed; a site that lacks the model a delta was made
-against answers status "need-full" and is sent the full model. Nothing per-image ever goes
-into a reply.
+so the coordinator can say *which* site failed; `error` is one of the fixed codes of SITE_ERRORS
+(never a message, path or value: those stay in the site's own log). A site that lacks the model a
+delta was made against answers status "need-full" and is sent the full model. A site that trains
+but is too small to send a histogram says so in "site" (`eval-error` = "too-small-to-evaluate")
+instead of an "eval" record. Nothing per-image ever goes into a reply.
 """
 
 from __future__ import annotations
@@ -49,6 +51,29 @@ def exchanged_keys(keys: Iterable[str], bn_prefixes: Iterable[str], train_layers
     bn = list(bn_prefixes)
     return sorted(k for k in keys
                   if k.startswith(prefixes) and not (fedbn and is_batchnorm_key(k, bn)))
+
+# The only error codes a site sends, and what the coordinator prints for each.
+SITE_ERRORS: dict[str, str] = {
+    "bad-request": "the site could not use the coordinator's request",
+    "over-limit:hist-bins": "more evaluation histogram bins than the site allows",
+    "over-limit:image-size": "a larger model input than the site allows",
+    "over-limit:local-epochs": "more local epochs than the site allows",
+    "over-limit:max-steps": "more optimiser steps than the site allows",
+    "site-name-mismatch": "the site's key is registered under another site name",
+    "too-small-to-evaluate": "too small to evaluate: fewer validation patients per class than the site's minimum",
+    "data-error": "the site's data could not be used (details in the site's client.log)",
+    "internal-error": "the site failed (details in the site's client.log)",
+}
+TOO_SMALL = "too-small-to-evaluate"
+
+
+def site_error_text(code: Any) -> str:
+    """Coordinator-side wording of a site's error code; an unknown code is shown as sanitised text."""
+    code = str(code)
+    if code in SITE_ERRORS:
+        return f"[{code}] {SITE_ERRORS[code]}"
+    clean = "".join(c if c.isalnum() or c in ":-_." else "?" for c in code[:64])
+    return f"[{clean}] (unknown error code)"
 
 
 def is_batchnorm_key(key: str, bn_prefixes: Iterable[str]) -> bool:

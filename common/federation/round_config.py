@@ -9,6 +9,7 @@ and the ConfigRecord a site receives, so server, client and simulations share on
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ FINETUNE_KEYS: dict[str, str] = {
     "proximal-mu": "proximal_mu",
 }
 _FT_DEFAULTS = FineTuneConfig()
+# `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.
+FED_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def coerce_value(key: str, value: Any, default: Any) -> Any:
@@ -92,10 +95,11 @@ class RoundConfig:
     evaluate: bool = False  # score the received model on the validation split before training (fused round)
     train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
     wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
+    registered_site: str = ""  # the name the receiving node's key is registered under ("" in lab mode)
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins", "evaluate", "train_layers", "wire_dtype")
+                "hist_bins", "evaluate", "train_layers", "wire_dtype", "registered_site")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord
@@ -121,6 +125,8 @@ class RoundConfig:
         except ValueError:
             raise ConfigError("round config: model-spec / preprocessing are not JSON") from None
         values["finetune"] = finetune_from_keys(record)
+        if not FED_ID.match(str(values.get("fed_id", defaults.fed_id))):
+            raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
         out = dataclasses.replace(defaults, **values)
         check_train_layers(out.train_layers)
         check_wire_dtype(out.wire_dtype)
