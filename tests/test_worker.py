@@ -67,7 +67,8 @@ def test_worker_does_a_rounds_work_for_the_clientapp(worker, tmp_path, synth_sit
     header = {"kind": "train", "config": dict(rc.to_record()), "run_config": {},
               "wire": {"mode": packed.mode, "dtype": packed.dtype, "layout": packed.layout, "exponents": [],
                        "base": "", "target": W.arrays_digest(arrays)},
-              "node_config": {"site": "h1", "data-dir": str(data), "state-dir": str(tmp_path / "state")}}
+              "node_config": {"site": "h1", "data-dir": str(data), "state-dir": str(tmp_path / "state"),
+                              "min-patients-per-class": 0}}  # a 3-patient site: evaluate anyway
     out, update = call(worker.socket_path, header, {P.FLOATS: packed.floats, P.INTS: packed.ints},
                        connect_timeout_s=START_S)
     assert out["status"] == "ok", out
