@@ -169,10 +169,18 @@ def _round_of(cfg: Any) -> int:
         return 0
 
 
+HOLD_MAX_S = 1800.0
+
+
 def _maybe_delay(site: Any) -> None:
-    """Test-only: `test-fault = 'delay:SECONDS'` makes a site slow (to drop it mid-round)."""
+    """Test-only: `test-fault = 'delay:SECONDS'` makes a site slow (to drop it mid-round);
+    `hold:PATH` holds its training replies until PATH exists (a test keeps a round open)."""
     fault = site.fault
     if fault.startswith("delay:"):
         time.sleep(float(fault.split(":", 1)[1]))
+    elif fault.startswith("hold:"):
+        release, deadline = Path(fault.split(":", 1)[1]), time.monotonic() + HOLD_MAX_S
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
