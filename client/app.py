@@ -129,7 +129,7 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
             raise _SiteFailed(str(out.get("error") or "internal-error"))
         out["site"] = out.get("site") or site_name
         if out["status"] == P.STATUS_OK and kind == "train":
-            _maybe_delay(site)
+            _maybe_delay(site, rnd)
         content = _reply_content(out, out_arrays)
         status = out["status"]
         names = sorted(set(out.get("train") or {}) | set(out.get("eval") or {}))
@@ -172,14 +172,14 @@ def _round_of(cfg: Any) -> int:
 HOLD_MAX_S = 1800.0
 
 
-def _maybe_delay(site: Any) -> None:
+def _maybe_delay(site: Any, rnd: int) -> None:
     """Test-only: `test-fault = 'delay:SECONDS'` makes a site slow (to drop it mid-round);
-    `hold:PATH` holds its training replies until PATH exists (a test keeps a round open)."""
+    `hold:DIR` holds its round-r training reply until DIR/round-r exists (a test keeps a round open)."""
     fault = site.fault
     if fault.startswith("delay:"):
         time.sleep(float(fault.split(":", 1)[1]))
     elif fault.startswith("hold:"):
-        release, deadline = Path(fault.split(":", 1)[1]), time.monotonic() + HOLD_MAX_S
+        release, deadline = Path(fault.split(":", 1)[1]) / f"round-{rnd}", time.monotonic() + HOLD_MAX_S
         while not release.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes for the first-round image preprocessing (0 = all cores)")
     p.add_argument("--cold-clientapp", action="store_true",
                    help="let Flower start a fresh flwr-clientapp per message instead of the pre-started launcher")
-    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS | hold:PATH
+    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS | hold:DIR
     return p
 
 

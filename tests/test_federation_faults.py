@@ -75,7 +75,9 @@ def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
     superlink_log = out / ".superlink" / "superlink.log"
     wait_for(lambda: superlink_log.read_text().count("Activated node_id=") >= 6, 1200,
              "the restarted site-slow to register", proc=server)
-    f["release"].touch()
+    f["release"].mkdir()
+    (f["release"] / "round-1").touch()
+    (f["release"] / "round-2").touch()
     assert wait_exit(server, 1500, log) == 0, log.read_text()[-3000:]
 
     table = pd.read_csv(out / "metrics.csv")
