@@ -74,8 +74,10 @@ def run_mammo(work: Path, model: Path, sites: list[Path], rounds: int, wire: str
     env = dict(os.environ, OMP_NUM_THREADS="1")
     bin_dir = Path(sys.executable).parent
     clients = [
+        # the tests' site policy: the small synthetic sites evaluate (histograms from 1 patient per class)
         subprocess.Popen([str(bin_dir / "mammo-client"), "--site", s.name, "--data", str(s), "--server", address,
                           "--insecure", "--cache-workers", "1", "--num-threads", "1",
+                          "--config", str(ROOT / "tests" / "site_small.toml"),
                           *(["--cold-clientapp"] if cold else [])],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         for s in sites
