@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 
 from mammo_fl.client.audit import AuditEntry, append_entry, running_app_sha256, utc_now
 from mammo_fl.common.federation import protocol as P
-from mammo_fl.common.federation.wire import arrays_digest
+from mammo_fl.common.federation.wire import WireError, arrays_digest
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
 app = ClientApp()
@@ -50,7 +50,7 @@ def public_reason(exc: BaseException) -> str:
         return exc.code
     if isinstance(exc, DataError):
         return "data-error"
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | WireError):  # e.g. a model the site cannot reconstruct bit for bit
         return "bad-request"
     return "internal-error"
 
@@ -122,7 +122,7 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
 
         site = resolve_site(dict(context.node_config), dict(context.run_config))
         site_name, state_dir = site.name, site.state_dir
-        rnd = _round_of(msg.content.config_records.get(P.CONFIG, ConfigRecord()))
+        rnd = round_of(msg.content.config_records.get(P.CONFIG, ConfigRecord()))
         header, arrays = _request(msg, context, kind)
         out, out_arrays = _do_work(header, arrays)
         if out["status"] == P.STATUS_ERROR:
@@ -161,7 +161,7 @@ class _SiteFailed(Exception):
     """The work failed at the site; its message is the fixed error code (details logged where it happened)."""
 
 
-def _round_of(cfg: Any) -> int:
+def round_of(cfg: Any) -> int:
     """The round number for the audit log, even when the rest of the request is refused."""
     try:
         return int(cfg.get("server-round", 0))

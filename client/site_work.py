@@ -42,13 +42,6 @@ def packed_from_request(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
                     str(meta["layout"]), [int(e) for e in meta.get("exponents", [])])
 
 
-def _round_of(header: dict[str, Any]) -> int:
-    try:
-        return int(dict(header.get("config") or {}).get("server-round", 0))
-    except (TypeError, ValueError):
-        return 0
-
-
 def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
                 persist: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray], SiteSession | None]:
     """Do the work a request asks for -> (response header, response arrays, the session used).
@@ -56,10 +49,10 @@ def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
     Errors become a response with status "error" and a path-free reason; the details go to the
     site's own client.log. With `persist=False` the caller writes the held model later
     (the worker does it after answering, off the round's critical path)."""
-    from mammo_fl.client.app import log_locally, public_reason
+    from mammo_fl.client.app import log_locally, public_reason, round_of
 
     sess = None
-    kind, rnd = str(header.get("kind")), _round_of(header)
+    kind, rnd = str(header.get("kind")), round_of(dict(header.get("config") or {}))
     try:
         sess = session_for(dict(header["node_config"]), dict(header["run_config"]))
         rc = RoundConfig.from_record(header["config"])
