@@ -81,6 +81,14 @@ def check_bundle(fab: bytes, task: Any) -> None:
     os.environ[APP_SHA256_ENV] = sha
 
 
+def preload_policy() -> None:
+    """Load what `check_bundle` needs ahead of any task (the pre-started launcher, client/launcher.py)."""
+    from mammo_fl.client import audit, policy  # noqa: F401 - imported for the forked tasks
+    from mammo_fl.common.federation.app_bundle import installed_app_sha256
+
+    installed_app_sha256()
+
+
 def main() -> None:
     check_flower_version()
     guard_app_bundles(check_bundle)

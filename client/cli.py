@@ -3,11 +3,15 @@
 Writes the SuperNode's node config (site name, data folder, state folder and the site's policy:
 approved app bundles, caps on requests, client/policy.py) into the site's state dir and
 supervises `flower-supernode`: TLS against the coordinator's CA, authenticated with the site's
-key (`mammo-client keygen` makes it), the app guard first on its PATH (client/app_guard.py).
-It waits (with back-off) until the coordinator answers, restarts the SuperNode when it exits,
-and stops it gracefully on Ctrl-C/SIGTERM. Flower's own output goes to STATE/supernode.log; the
-console gets one line per event, including refusals on either side (unregistered key, refused
-app bundle, name mismatch). `--insecure` is the loopback lab mode (no TLS, no key).
+key (`mammo-client keygen` makes it), the app guard in front of every `flwr-clientapp`
+(client/app_guard.py). Next to it run the site worker (client/worker.py: torch, the preloaded
+images and the model stay warm between rounds) and a pre-started flwr-clientapp (client/launcher.py:
+no Flower import per message, the guard installed once), each restarted with back-off when it dies
+and stopped with mammo-client. It waits (with back-off) until the coordinator answers, restarts the
+SuperNode when it exits, and stops it gracefully on Ctrl-C/SIGTERM. Flower's own output goes to
+STATE/supernode.log; the console gets one line per event, including refusals on either side
+(unregistered key, refused app bundle, name mismatch). `--insecure` is the loopback lab mode (no
+TLS, no key).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ from pathlib import Path
 
 from mammo_fl.client.app import SITE_LOG
 from mammo_fl.client.app_guard import GUARD_NAME, write_guard
+from mammo_fl.client.channel import socket_path
 from mammo_fl.client.keys import check_private_key, generate_site_keys
+from mammo_fl.client.launcher import write_shim
 from mammo_fl.client.policy import SitePolicy
 from mammo_fl.client.site import STATE_SUBDIR
 from mammo_fl.client.site_console import RefusalLines, log_size, supernode_exit_reason
+from mammo_fl.client.worker_process import ClientAppLauncher, Helper, SiteWorker
 from mammo_fl.common.cli import run_cli
 from mammo_fl.common.federation.app_bundle import installed_app_sha256
 from mammo_fl.common.federation.site_keys import check_site_name
@@ -43,8 +50,10 @@ from mammo_fl.common.federation.processes import (
 )
 
 STATE_ENV = "MAMMO_FL_STATE_DIR"  # the site image sets it: state outside the read-only data mount
-MAX_BACKOFF_S = 10.0
-REFUSED_BACKOFF_S = 30.0  # after the coordinator refused the site's key or certificate  # a /health probe every 10 s costs nothing
+MAX_BACKOFF_S = 10.0  # a /health probe every 10 s costs nothing
+REFUSED_BACKOFF_S = 30.0  # after the coordinator refused the site's key or certificate
+SUPEREXEC_POLL_S = "0.1"
+GUARD_DIR = "guard"  # STATE/guard/flwr-clientapp: the app guard script
 STABLE_RUN_S = 60.0  # a SuperNode that ran this long resets the back-off
 
 
@@ -73,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads for local training (0 = default)")
     p.add_argument("--cache-workers", type=int, default=0,
                    help="processes for the first-round image preprocessing (0 = all cores)")
-    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS
+    p.add_argument("--cold-clientapp", action="store_true",
+                   help="let Flower start a fresh flwr-clientapp per message instead of the pre-started launcher")
+    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS | hold:DIR
     return p
 
 
@@ -89,7 +100,8 @@ def _toml_scalar(value: object) -> str:
     return toml_literal(str(value))
 
 
-def write_node_config(args: argparse.Namespace, state_dir: Path, policy: SitePolicy) -> Path:
+def write_node_config(args: argparse.Namespace, state_dir: Path, policy: SitePolicy,
+                      worker_socket: Path | None = None) -> Path:
     """Node config as a TOML file of literal strings (Windows paths survive), with the site's policy."""
     lines = [
         f"site = {toml_literal(args.site)}",
@@ -100,6 +112,8 @@ def write_node_config(args: argparse.Namespace, state_dir: Path, policy: SitePol
         f"cache-workers = {int(args.cache_workers)}",
     ]
     lines += [f"{key} = {_toml_scalar(value)}" for key, value in policy.to_node_config().items()]
+    if worker_socket is not None:  # the ClientApp hands its work to the site worker (client/worker.py)
+        lines.append(f"worker-socket = {toml_literal(str(worker_socket))}")
     if args.test_fault:
         lines.append(f"test-fault = {toml_literal(args.test_fault)}")
     path = state_dir / "node-config.toml"
@@ -146,35 +160,46 @@ def supernode_command(args: argparse.Namespace, node_config: Path, port: int) ->
     ]
 
 
-def guarded_env(state_dir: Path) -> dict[str, str]:
-    """Flower's environment with the app guard first on PATH (the SuperNode spawns `flwr-clientapp` by name)."""
-    env = flower_env(state_dir / "flwr-home")
-    guard = write_guard(state_dir / "bin")
-    env["PATH"] = f"{guard.parent}{os.pathsep}{env['PATH']}"
-    if shutil.which(GUARD_NAME, path=env["PATH"]) != str(guard):
-        raise MammoError(f"the app guard {guard} is not what the SuperNode would run as {GUARD_NAME}")
+def supernode_env(state_dir: Path, launcher: ClientAppLauncher | None) -> dict[str, str]:
+    """Flower's environment for the SuperNode, which spawns `flwr-clientapp` by name through PATH:
+    first on PATH is the launcher's shim (its fallback is the app guard script), or with
+    `--cold-clientapp` the app guard script itself. Either way every task runs behind the guard."""
+    # SuperExec polls its SuperNode for new messages every 1 s by default; 0.1 s cuts that wait per message
+    env = flower_env(state_dir / "flwr-home", {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S})
+    guard = write_guard(state_dir / GUARD_DIR)
+    first = guard if launcher is None else write_shim(state_dir / "bin", launcher.socket_path, str(guard))
+    env["PATH"] = f"{first.parent}{os.pathsep}{env['PATH']}"
+    if shutil.which(GUARD_NAME, path=env["PATH"]) != str(first):
+        raise MammoError(f"{first} is not what the SuperNode would run as {GUARD_NAME}")
     return env
 
 
-def watch_supernode(args: argparse.Namespace, proc: subprocess.Popen, refusals: RefusalLines) -> int:
-    """Wait for the SuperNode to exit, printing the site's refusals as they happen."""
+def watch_supernode(args: argparse.Namespace, proc: subprocess.Popen, refusals: RefusalLines,
+                    helpers: list[Helper]) -> int:
+    """Wait for the SuperNode to exit, keeping the helpers alive and printing the site's refusals."""
     while True:
         for line in refusals.poll():
             say(args.site, line)  # "refused app bundle ..." or "<kind> round N failed [code]: ..."
         try:
             return proc.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            continue
+            for helper in helpers:
+                line = helper.check()
+                if line:
+                    say(args.site, line)
 
 
-def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> int:
-    env = guarded_env(state_dir)
+def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path, helpers: list[Helper]) -> int:
+    launcher = next((h for h in helpers if isinstance(h, ClientAppLauncher)), None)
+    env = supernode_env(state_dir, launcher)
     backoff = 1.0
     proc: subprocess.Popen | None = None
     log = state_dir / "supernode.log"
     refusals = RefusalLines(state_dir / SITE_LOG)
     refusals.poll()
     try:
+        for helper in helpers:
+            say(args.site, f"{helper.name} started (pid {helper.start()}, log {helper.log_path})")
         while True:
             stop_at = time.monotonic() + args.retry_for if args.retry_for > 0 else None
             wait_for_coordinator(args, stop_at)
@@ -183,7 +208,7 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> i
             proc = start_daemon(supernode_command(args, node_config, port), env, log)
             say(args.site, f"coordinator reachable; SuperNode started (pid {proc.pid}, log {log})")
             started = time.monotonic()
-            code = watch_supernode(args, proc, refusals)
+            code = watch_supernode(args, proc, refusals, helpers)
             if time.monotonic() - started > STABLE_RUN_S:
                 backoff = 1.0
             why = supernode_exit_reason(log, offset, args.site)
@@ -198,6 +223,8 @@ def supervise(args: argparse.Namespace, state_dir: Path, node_config: Path) -> i
         return 0
     finally:
         stop_daemon(proc)
+        for helper in helpers:
+            helper.stop()
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -264,11 +291,18 @@ def _main(argv: list[str] | None = None) -> int:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(state_dir, f"cannot create the site state folder ({exc.strerror})") from None
-    node_config = write_node_config(args, state_dir, policy)
+    helper_env = flower_env(state_dir / "flwr-home")
+    worker = SiteWorker(socket_path(state_dir), state_dir / "worker.log", helper_env)
+    helpers: list[Helper] = [worker]
+    if not args.cold_clientapp:
+        launcher_env = {**helper_env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL_S}
+        helpers.append(ClientAppLauncher(socket_path(state_dir, "launcher.sock"), state_dir / "launcher.log",
+                                         launcher_env))
+    node_config = write_node_config(args, state_dir, policy, worker.socket_path)
     say(args.site, describe_approval(policy))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    return supervise(args, state_dir, node_config)
+    return supervise(args, state_dir, node_config, helpers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,20 +46,40 @@ class Table:
         if kind in ("site_rejected", "site_missing"):
             who = ev.get("site") or f"node-{ev.get('node')}"
             return f"  ! round {ev.get('round')} {ev.get('kind')}: {who}: {ev.get('reason')}"
-        if kind == "round_end":
-            out = []
-            if not self.header_done:
-                out.append(f"{'round':>5} {'pooled AUC':>10} {'sites':>5} {'thresh':>6} {'sens':>6} {'spec':>6} "
-                           f"{'loss':>8} {'secs':>7}  per-site AUC")
-                self.header_done = True
-            sites = " ".join(f"{k[4:]}={_fmt(v)}" for k, v in sorted(ev.items()) if k.startswith("auc_"))
-            out.append(f"{ev['round']:>5} {_fmt(ev.get('pooled_auc')):>10} {ev.get('sites', 0):>5} "
-                       f"{_fmt(ev.get('threshold'), 3):>6} {_fmt(ev.get('sens'), 2):>6} {_fmt(ev.get('spec'), 2):>6} "
-                       f"{_fmt(ev.get('train_loss')):>8} {_fmt(ev.get('round_seconds'), 1):>7}  {sites}")
-            return "\n".join(out)
+        if kind in ("round_end", "final_evaluation"):
+            return self._round_line(ev)
         if kind == "failed":
             return f"run failed: {ev.get('reason')}"
         return None
+
+    def _round_line(self, ev: dict[str, Any]) -> str:
+        """Round r's training, and the AUC of the model its sites evaluated (round r-1's; `model`)."""
+        out = []
+        if not self.header_done:
+            out.append(f"{'round':>5} {'loss':>8} {'sites':>5} {'secs':>7} {'MB down/up':>11} | {'model':>7} "
+                       f"{'pooled AUC':>10} {'thresh':>6} {'sens':>6} {'spec':>6}  per-site AUC")
+            self.header_done = True
+        if ev.get("event") == "final_evaluation":
+            train = f"{'final':>5} {'':>8} {'':>5} {'':>7} {'':>11}"
+            model, prefix = ev.get("model"), ""
+        else:
+            mb = f"{_mb(ev.get('bytes_down_per_site'))}/{_mb(ev.get('bytes_up_per_site'))}"
+            train = (f"{ev['round']:>5} {_fmt(ev.get('train_loss')):>8} {ev.get('sites', 0):>5} "
+                     f"{_fmt(ev.get('round_seconds'), 1):>7} {mb:>11}")
+            model, prefix = ev.get("evaluated_model"), "eval_"
+        if model is None:
+            return "\n".join(out + [f"{train} | {'-':>7}"])
+        name = "initial" if model == 0 else f"round {model}"
+        sites = " ".join(f"{k[len(prefix) + 4:]}={_fmt(v)}" for k, v in sorted(ev.items())
+                         if k.startswith(prefix + "auc_"))
+        out.append(f"{train} | {name:>7} {_fmt(ev.get(prefix + 'pooled_auc')):>10} "
+                   f"{_fmt(ev.get(prefix + 'threshold'), 3):>6} "
+                   f"{_fmt(ev.get(prefix + 'sens'), 2):>6} {_fmt(ev.get(prefix + 'spec'), 2):>6}  {sites}")
+        return "\n".join(out)
+
+
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{float(v) / 1e6:.1f}"
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

@@ -37,9 +37,13 @@ HEADERS = {
 
 
 def page_context(status: dict[str, Any]) -> dict[str, Any]:
-    """What the templates show: the status plus the latest round's per-site figures and the chart."""
+    """What the templates show: the status plus the latest evaluated model's figures and the chart.
+
+    A model is evaluated one round after it was made (by the next round's messages, or the final
+    evaluation), so the newest row usually has no AUC yet: the page shows the newest one that does."""
     history = status["history"]
-    latest = history[-1] if history else None
+    evaluated = [h for h in history if h.get("evaluated_by") or h.get("pooled_auc") is not None]
+    latest = evaluated[-1] if evaluated else None
     charted = sorted({n for h in history for n in h["sites"]})
     colors = site_colors(charted + sorted({s["name"] for s in status["sites"]} - set(charted)))
     sites = [{**site, "color": colors.get(site["name"], "#999999"),
@@ -48,7 +52,7 @@ def page_context(status: dict[str, Any]) -> dict[str, Any]:
     done = min(status.get("completed_rounds") or 0, rounds) if rounds else 0
     return {"s": status, "sites": sites, "latest": latest, "chart": auc_chart(history),
             "legend": {name: colors[name] for name in charted},
-            "progress": round(100 * done / rounds) if rounds else 0, "op_rows": list(reversed(history[-6:])),
+            "progress": round(100 * done / rounds) if rounds else 0, "op_rows": list(reversed(evaluated[-6:])),
             "now": time.time(), "refresh_s": REFRESH_S}
 
 

@@ -46,7 +46,8 @@ class RoundFigures:
     threshold: float | None
     sens: float | None
     spec: float | None
-    n_sites: int | None
+    n_sites: int | None  # sites whose histograms this model's evaluation pooled
+    evaluated_by: str | None = None  # "round r+1" / "final" (one message per round); None in older runs
 
 
 @dataclass
@@ -122,6 +123,9 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+_TEXT_COLUMNS = ("site_names", "evaluated_by", "wire")
+
+
 def load_rows(root: Path) -> list[dict[str, Any]]:
     """Per-round rows: metrics.json, else metrics.csv; a folder with neither is not a run folder."""
     rows = _json(root / "metrics.json")
@@ -130,7 +134,7 @@ def load_rows(root: Path) -> list[dict[str, Any]]:
     csv_path = root / "metrics.csv"
     if csv_path.exists():
         with open(csv_path, newline="", encoding="utf-8") as fh:
-            return [{k: (_num(v) if k != "site_names" else v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            return [{k: (v if k in _TEXT_COLUMNS else _num(v)) for k, v in r.items()} for r in csv.DictReader(fh)]
     raise DataError(root, "no metrics.json or metrics.csv: not a mammo-server run folder, or no round finished")
 
 
@@ -149,8 +153,12 @@ def _round_figures(row: dict[str, Any], hists: SiteHistograms | None, n: int, se
         for key, value in row.items():
             if key.startswith("auc_"):
                 sites[key[4:]] = AucWithCi(_num(value) or math.nan)
+    # the AUC's site count: eval_sites (rows of one-message rounds also count training sites in `sites`)
+    n_sites = _num(row.get("eval_sites")) if _num(row.get("eval_sites")) is not None else _num(row.get("sites"))
+    evaluated_by = row.get("evaluated_by")
     return RoundFigures(int(row["round"]), pooled, sites, _num(row.get("threshold")), _num(row.get("sens")),
-                        _num(row.get("spec")), int(row["sites"]) if _num(row.get("sites")) is not None else None)
+                        _num(row.get("spec")), int(n_sites) if n_sites is not None else None,
+                        str(evaluated_by) if isinstance(evaluated_by, str) and evaluated_by else None)
 
 
 def _train_examples(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -234,7 +242,10 @@ def gather(root: Path, bootstrap: int = 2000, seed: int = 0) -> ReportData:
     histograms = load_histograms(root)
     events = _events(root)
     rounds = [_round_figures(r, histograms.get(int(r["round"])), bootstrap, seed) for r in rows]
-    final_row, final = rows[-1], rounds[-1]
+    # the newest evaluated model (a run that is still going has not scored its newest model yet)
+    last = max((i for i, r in enumerate(rows) if r.get("evaluated_by") or _num(r.get("pooled_auc")) is not None),
+               default=len(rows) - 1)
+    final_row, final = rows[last], rounds[last]
     sites, pooled = _site_figures(final, histograms.get(final.round), final_row, _train_examples(events))
     final_hists = histograms.get(final.round) or {}
     roc = site_rocs = None

@@ -141,8 +141,10 @@ def _num(value: Any) -> float | None:
 
 
 def history_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """metrics.json rows -> the page's per-round history (pooled and per-site AUC, operating point)."""
-    return [{"round": int(r["round"]), "pooled_auc": _num(r.get("pooled_auc")), "threshold": _num(r.get("threshold")),
+    """metrics.json rows -> the page's history: one entry per global model (its pooled and per-site AUC,
+    operating point, and the message that evaluated it: `round r+1` or `final`; None until then)."""
+    return [{"round": int(r["round"]), "evaluated_by": r.get("evaluated_by") or None,
+             "pooled_auc": _num(r.get("pooled_auc")), "threshold": _num(r.get("threshold")),
              "sens": _num(r.get("sens")), "spec": _num(r.get("spec")), "sites": _site_history(r)} for r in rows]
 
 

@@ -18,11 +18,14 @@ from typing import Any
 from mammo_fl.common.utils.atomic import atomic_path, atomic_write_text
 from mammo_fl.common.utils.errors import MammoError
 
+# One row per global model: round 0 = the initial model, round r = round_r.pt. Its AUC columns come from
+# the next round's replies or the final evaluation (`evaluated_by`); server/round_rows.py.
 BASE_COLUMNS = [
     "round", "pooled_auc", "sites", "eval_sites", "sens", "spec", "threshold", "n_pos", "n_neg", "train_loss",
     "round_seconds", "max_site_train_seconds", "sum_site_train_seconds", "overhead_seconds", "evaluate_seconds",
-    "bytes_to_each_site", "bytes_from_sites",
+    "bytes_down_per_site", "bytes_up_per_site",
     "rejected", "site_names",
+    "evaluated_by", "max_site_eval_seconds", "max_site_seconds", "wire",
 ]
 
 

@@ -11,8 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mammo_fl.common.federation.round_config import coerce_value, finetune_from_keys, finetune_to_keys
 from mammo_fl.common.evaluation.operating_point import Target, target_from_settings
+from mammo_fl.common.federation.round_config import (
+    check_train_layers,
+    coerce_value,
+    finetune_from_keys,
+    finetune_to_keys,
+)
+from mammo_fl.common.federation.wire import check_wire_dtype
 from mammo_fl.common.federation.strategies import check_strategy
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
@@ -27,6 +33,8 @@ class FederationSettings:
     start_sites: int = 0  # sites to wait for before round 1 (0 = min-sites); after site-wait-timeout min-sites do
     strategy: str = "fedavg"
     fedbn: bool = False
+    train_layers: str = "all"  # all | top | head: what the sites fine-tune (frozen layers never travel)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: deltas on the wire (common/federation/wire.py)
     # local fine-tuning hyperparameters (run-config keys: common/federation/round_config.FINETUNE_KEYS);
     # `proximal-mu` is sent to the sites only with strategy fedprox
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(proximal_mu=0.01))
@@ -97,6 +105,8 @@ class FederationSettings:
     def check(self) -> None:
         self.operating_target()  # targets and threshold in [0, 1]
         check_strategy(self.strategy)
+        check_train_layers(self.train_layers)
+        check_wire_dtype(self.wire_dtype)
         if self.num_server_rounds < 1:
             raise ConfigError("num-server-rounds must be >= 1")
         if self.min_sites < 1:

@@ -109,9 +109,10 @@ class _Reply:
         return False
 
 
-def save_strategy_state(strategy: Any, path: Path) -> None:
-    """FedOpt moments (m_t, v_t) and FedAvgM's momentum (a list, in key order) -> npz; other
-    strategies are stateless between rounds."""
+def strategy_snapshot(strategy: Any) -> dict[str, np.ndarray]:
+    """FedOpt moments (m_t, v_t) and FedAvgM's momentum (a list, in key order) as flat `name/key` arrays.
+    Flower replaces these every round (never updates them in place), so the references stay valid
+    while a background commit writes them."""
     arrays: dict[str, np.ndarray] = {}
     for name in ("m_t", "v_t"):
         moments = getattr(strategy, name, None)
@@ -119,6 +120,13 @@ def save_strategy_state(strategy: Any, path: Path) -> None:
             arrays[f"{name}/{k}"] = np.asarray(v)
     for i, v in enumerate(getattr(strategy, "momentum_vector", None) or []):
         arrays[f"momentum_vector/{i:06d}"] = np.asarray(v)
+    return arrays
+
+
+def save_strategy_state(strategy: Any, path: Path) -> None:
+    """FedOpt / FedAvgM state -> npz (a strategy or its `strategy_snapshot`); other strategies are
+    stateless between rounds."""
+    arrays = strategy if isinstance(strategy, dict) else strategy_snapshot(strategy)
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
 

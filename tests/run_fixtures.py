@@ -66,7 +66,9 @@ def make_run(root: Path, rounds: int = 3, finished: bool = True, model: Path | N
         summary = pool_histograms(replies, 1000, settings.operating_target())
         row = {"round": rnd, "pooled_auc": summary.pooled_auc, "sites": len(train), "eval_sites": 3,
                "n_pos": summary.n_pos, "n_neg": summary.n_neg, "train_loss": 0.5 / rnd, "round_seconds": 30.0,
-               "site_names": ",".join(t.site for t in train)}
+               "site_names": ",".join(t.site for t in train),
+               # one message per round: the next round's replies (or the final evaluation) scored this model
+               "evaluated_by": f"round {rnd + 1}" if rnd < rounds else "final"}
         row.update({f"auc_{k}": v for k, v in summary.site_auc.items()})
         row.update(operating_point_columns(summary))
         save_round_histograms(root, rnd, summary.site_hists)

@@ -50,12 +50,22 @@ def test_client_handler_logs_its_error_reply_without_paths(tmp_path, task_identi
 
     from mammo_fl.client.app import handle
 
+    from mammo_fl.common.federation import wire as W
+    from mammo_fl.common.federation.round_config import RoundConfig
+    from mammo_fl.common.models import build_model
+
     data = tmp_path / "hospital-x-data"
     data.mkdir()
     state = tmp_path / "state"
-    arrays = {"w": np.ones((2, 2), np.float32)}
-    msg = Message(RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(arrays),
-                              P.CONFIG: ConfigRecord({"server-round": 3})}), 9, "train")
+    spec = {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[8, 1]]}, "num_classes": 2}
+    arrays = P.state_to_numpy(build_model("whole_image", spec).state_dict())
+    packed = W.pack_full(arrays, W.Layout.of(arrays))
+    record, meta = P.packed_to_records(packed)
+    rc = RoundConfig(server_round=3, fed_id="f", model_kind="whole_image", model_spec=spec,
+                     preprocessing={"height": 64, "width": 48, "mode": "paper", "mean": 40.0}, evaluate=True)
+    msg = Message(RecordDict({P.ARRAYS: record, P.CONFIG: rc.to_record(),
+                              P.WIRE: ConfigRecord({**meta, "base": "", "target": W.arrays_digest(arrays)})}),
+                  9, "train")
     ctx = Context(run_id=5, node_id=9, node_config={"site": "h-x", "data-dir": str(data), "state-dir": str(state)},
                   state=RecordDict(), run_config={})
     reply = handle(msg, ctx, "train")

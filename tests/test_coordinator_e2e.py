@@ -4,8 +4,9 @@ the sites and the AUC curve and refreshes itself, and after the run final.pt car
 point, metrics.csv has the operating-point columns and `mammo-server report` writes a report that
 the browser renders with every site and the final pooled AUC of metrics.csv.
 
-One training round after the initial evaluation keeps it short; MAMMO_DOCS_SCREENSHOTS=DIR runs two
-rounds and saves the page's screenshot there (how docs/coordinator_page.png was made)."""
+Two rounds, each held open by one site (test-fault hold) until the test has looked at the page;
+MAMMO_DOCS_SCREENSHOTS=DIR saves the page's screenshot (round 2 in progress) there (how
+docs/coordinator_page.png was made)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 
 DOCS = os.environ.get("MAMMO_DOCS_SCREENSHOTS")
-ROUNDS = 2 if DOCS else 1
+ROUNDS = 2
 
 
 def _start_server(model: Path, out: Path, address: str, dashboard: str, log: Path) -> subprocess.Popen:
@@ -62,14 +63,14 @@ def _poll(what: str, check, proc: subprocess.Popen, timeout_s: float = 1500.0, e
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _page_shows(driver, sites: list[str]) -> dict | None:
-    """Sites rendered by name and the pooled AUC curve has at least one point (None until then)."""
+def _page_shows(driver, sites: list[str], points: int = 0) -> dict | None:
+    """Sites rendered by name and at least `points` points on the pooled AUC curve (None until then)."""
     shown = driver.execute_script(
         "return {sites: Array.from(document.querySelectorAll('tr.site')).map(r => r.dataset.site),"
         " points: document.querySelectorAll('#auc-chart g[data-series=pooled] circle').length,"
         " round: (document.querySelector('#progress h2') || {textContent: ''}).textContent.split(/\\s+/)[1],"
         " phase: (document.getElementById('phase') || {}).textContent}")
-    return shown if set(sites) <= set(shown["sites"]) and shown["points"] >= 1 else None
+    return shown if set(sites) <= set(shown["sites"]) and shown["points"] >= points else None
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S)
@@ -79,26 +80,38 @@ def test_live_page_and_report_of_a_real_run(tmp_path):
     model = make_checkpoint(tmp_path / "init.pt")
     address, port = f"127.0.0.1:{free_port()}", free_port()
     url, out, log = f"http://127.0.0.1:{port}/", tmp_path / "run", tmp_path / "server.log"
-    clients = [start_client(s, address, tmp_path / f"{s.name}.log") for s in sites]
+    # The first site holds its round-r reply until the test creates hold/round-r: rounds take seconds
+    # now, so the test keeps each one open until it has looked at the page.
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    clients = [start_client(s, address, tmp_path / f"{s.name}.log",
+                            *(["--test-fault", f"hold:{hold}"] if i == 0 else [])) for i, s in enumerate(sites)]
     server = _start_server(model, out, address, f"127.0.0.1:{port}", log)
     try:
         with headless_chromium() as driver:
-            # The JSON lists both sites by name while the federation runs.
-            status = _poll("the sites in /api/status",
-                           lambda: (s := _status(url)) and set(names) <= {x["name"] for x in s["sites"]} and s, server)
+            # Round 1 (held open): the page shows it with both sites training; they are named by their
+            # replies, and a site's first reply is its round-1 reply, so here they may still be node ids.
+            _poll("round 1 with two sites in /api/status", lambda: (s := _status(url)) and s["round"] == 1
+                  and len(s["sites"]) >= 2 and s["phase"] == "training", server)
+            driver.get(url)
+            first = _poll("the page to show round 1", lambda: (
+                (now := _page_shows(driver, [])) and now["round"] == "1" and len(now["sites"]) >= 2 and now), server)
+            # Round 2 (held open in turn): round 1's replies named the sites and scored the initial model,
+            # so the JSON lists the sites by name and the page, which refreshes itself (no reload), shows
+            # them and the first point of the curve.
+            (hold / "round-1").touch()
+            status = _poll("the sites by name in /api/status", lambda: (s := _status(url)) and s["round"] == ROUNDS
+                           and set(names) <= {x["name"] for x in s["sites"]} and s, server)
             assert status["status"] == "running" and status["rounds"] == ROUNDS
             assert all(x["online"] for x in status["sites"] if x["name"] in names)
-            # The browser renders the sites and the curve during the run ...
-            driver.get(url)
-            first = _poll("the page to show the sites and the curve", lambda: _page_shows(driver, names), server)
-            assert (_status(url) or {}).get("status") == "running", "the page must be checked during the run"
-            # ... and refreshes itself (no reload): a later phase of the last round shows up.
-            _poll("the page to refresh to a later phase of the last round", lambda: (
-                (now := _page_shows(driver, names)) and now["round"] == str(ROUNDS)
+            _poll("the page to refresh to round 2 with the curve", lambda: (
+                (now := _page_shows(driver, names, points=1)) and now["round"] == str(ROUNDS)
                 and (now["round"], now["phase"]) != (first["round"], first["phase"])), server)
+            assert (_status(url) or {}).get("status") == "running", "the page must be checked during the run"
             shots = Path(DOCS or tmp_path)
             shots.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(shots / "coordinator_page.png"))
+            (hold / "round-2").touch()
             assert wait_exit(server, 1500, log) == 0, log.read_text()[-3000:]
 
             table = pd.read_csv(out / "metrics.csv")

@@ -50,7 +50,23 @@ def test_api_status_lists_sites_progress_and_history(tmp_path, client_for):
     assert last["round"] == 3 and set(last["sites"]) == set(SITES)
     assert {"pooled_auc", "threshold", "sens", "spec"} <= set(last) and last["spec"] >= 0.9
     assert set(last["sites"]["hospital-b"]) == {"auc", "sens", "spec"}
+    assert [h["evaluated_by"] for h in status["history"]] == ["round 2", "round 3", "final"]
     assert status["target"] == "specificity >= 0.9"
+
+
+def test_page_shows_the_newest_evaluated_model():
+    """Round r's model is scored by round r+1's messages: until then its row has no AUC, and the
+    page's operating point and per-site figures stay those of the newest model that has one."""
+    from mammo_fl.server.dashboard import page_context
+
+    scored = {"round": 1, "evaluated_by": "round 2", "pooled_auc": 0.8, "threshold": 0.4, "sens": 0.7,
+              "spec": 0.9, "sites": {"a": {"auc": 0.8, "sens": 0.7, "spec": 0.9}}}
+    pending = {"round": 2, "evaluated_by": None, "pooled_auc": None, "threshold": None, "sens": None,
+               "spec": None, "sites": {}}
+    status = {"history": [scored, pending], "sites": [{"name": "a"}], "rounds": 3, "completed_rounds": 2}
+    ctx = page_context(status)
+    assert ctx["latest"] is scored and ctx["op_rows"] == [scored]
+    assert ctx["sites"][0]["metrics"] == scored["sites"]["a"]
 
 
 def test_flower_node_list_decides_who_is_online(tmp_path, client_for):

@@ -21,6 +21,7 @@ import pytest
 
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
+from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 
 
@@ -246,35 +247,66 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
-def test_a_small_site_sends_no_histogram(synth_sites, tmp_path, task_identity):
-    """The real ClientApp handler on a real (synthetic DICOM) site with 1-2 validation patients per
-    class: the evaluate reply is the fixed code, without histogram or counts, and it is audited."""
-    from flwr.app import ConfigRecord, Context, Message, RecordDict
+def _small_site_message(kind: str, rnd: int, evaluate: bool, arrays, digest: str):
+    """What the coordinator sends a site that holds nothing yet: the full model, packed."""
+    from flwr.app import ConfigRecord, Message, RecordDict
     from federation_support import PREPROCESSING, TINY_SPEC
 
+    from mammo_fl.common.federation import wire as W
+
+    record, meta = P.packed_to_records(W.pack_full(arrays, W.Layout.of(arrays)))
+    cfg = _rc(server_round=rnd, model_spec=TINY_SPEC, preprocessing=PREPROCESSING, val_fraction=0.3,
+              evaluate=evaluate, finetune=FineTuneConfig(batch_size=2, max_steps=1, augment=False)).to_record()
+    content = RecordDict({P.ARRAYS: record, P.WIRE: ConfigRecord({**meta, "base": "", "target": digest}),
+                          P.CONFIG: cfg})
+    return Message(content, 9, kind)
+
+
+def test_a_small_site_sends_no_histogram(synth_sites, tmp_path, task_identity):
+    """The real ClientApp handler on a real (synthetic DICOM) site with 1-2 validation patients per
+    class. In a round (train + evaluate the received model) it still trains, but sends the fixed code
+    instead of a histogram; the final EVALUATE is answered with the code alone. Both are audited."""
+    from flwr.app import Context, RecordDict
+    from federation_support import TINY_SPEC
+
+    from mammo_fl.client import site_work
     from mammo_fl.client.app import handle
     from mammo_fl.client.audit import read_entries
+    from mammo_fl.common.federation import wire as W
     from mammo_fl.common.models import build_model
+    from mammo_fl.server.validate import screen
 
+    site_work._SESSIONS.clear()
     site_dir = synth_sites / "site-1"
     arrays = P.state_to_numpy(build_model("whole_image", TINY_SPEC).state_dict())
-    cfg = _rc(model_spec=TINY_SPEC, preprocessing=PREPROCESSING, val_fraction=0.3).to_record()
-    msg = Message(RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(arrays), P.CONFIG: cfg}), 9, "evaluate")
+    digest = W.arrays_digest(arrays)
     state = tmp_path / "state"
     ctx = Context(run_id=5, node_id=9, node_config={"site": "site-1", "data-dir": str(site_dir),
                                                     "state-dir": str(state), "min-patients-per-class": 3},
                   state=RecordDict(), run_config={})
-    reply = handle(msg, ctx, "evaluate")
+    reply = handle(_small_site_message("train", 2, True, arrays, digest), ctx, "train")
+    site = dict(reply.content.config_records[P.SITE])
+    assert site["status"] == P.STATUS_OK and site["eval-error"] == P.TOO_SMALL
+    assert P.EVAL not in reply.content.metric_records and P.ARRAYS in reply.content.array_records
+    got = screen({9: reply}, train=True, evaluate=True, expected={}, decode=lambda c: {})
+    assert [r.site for r in got.train] == ["site-1"] and not got.evals
+    assert got.rejected_eval[0].reason.startswith("too small to evaluate")
+    assert "evaluate round 2 failed [too-small-to-evaluate]" in (state / "client.log").read_text()
+
+    site_work._SESSIONS.clear()
+    reply = handle(_small_site_message("evaluate", 3, True, arrays, digest), ctx, "evaluate")
     assert dict(reply.content.config_records[P.SITE]) == {"site": "site-1", "status": P.STATUS_ERROR,
                                                           "error": P.TOO_SMALL}
     assert not reply.content.metric_records and not reply.content.array_records
-    (entry,) = read_entries(state)
-    assert entry["kind"] == "evaluate" and entry["status"] == "error" and entry["metric_names"] == []
+    train_entry, eval_entry = read_entries(state)
+    assert train_entry["status"] == "ok" and "hist-pos" not in train_entry["metric_names"]
+    assert eval_entry["kind"] == "evaluate" and eval_entry["status"] == "error" and eval_entry["metric_names"] == []
     # ... and with the threshold off the same site does send its histograms.
     ctx.node_config["min-patients-per-class"] = 0
-    reply = handle(msg, ctx, "evaluate")
+    site_work._SESSIONS.clear()
+    reply = handle(_small_site_message("evaluate", 3, True, arrays, digest), ctx, "evaluate")
     assert reply.content.config_records[P.SITE]["status"] == P.STATUS_OK
-    assert "hist-pos" in reply.content.metric_records[P.METRICS]
+    assert "hist-pos" in reply.content.metric_records[P.EVAL]
 
 
 # --- the coordinator attributes replies by registered name ------------------------------------
@@ -286,7 +318,7 @@ def _reply(site: str | None, status: str = "ok", error: str = "", metrics: dict 
     if site is not None:
         content[P.SITE] = ConfigRecord({"site": site, "status": status, "error": error})
     if metrics:
-        content[P.METRICS] = MetricRecord(metrics)
+        content[P.EVAL] = MetricRecord(metrics)
     return Message(content, 1, "evaluate")
 
 
@@ -311,16 +343,17 @@ def test_replies_are_attributed_by_registered_name(task_identity):
         5: _reply("site-5", status="error", error=P.TOO_SMALL),
     }
     names = {1: "site-1", 2: "site-2", 4: "site-4", 5: "site-5"}
-    accepted, rejected = screen(replies, False, None, names)
-    assert [(a.node, a.site) for a in accepted] == [(1, "site-1")]
-    why = {r.site: r.reason for r in rejected}
+    got = screen(replies, train=False, evaluate=True, names=names)
+    assert [(a.node, a.site) for a in got.evals] == [(1, "site-1")]
+    assert set(got.held) == {1}  # a refused reply counts for nothing, not even the model it claims to hold
+    why = {r.site: r.reason for r in got.rejected_eval}
     assert "answered as 'site-1'" in why["site-2"] and "registered as 'site-2'" in why["site-2"]
     assert "no registered site" in why["node-3"]
     assert why["site-4"] == f"refused app {sha} (not on the site's approved list)"
     assert why["site-5"].startswith("too small to evaluate")
     # lab mode (no registry): declared names, as before
-    accepted, _ = screen({2: _reply("site-1", metrics=good)}, False, None, None)
-    assert accepted[0].site == "site-1"
+    got = screen({2: _reply("site-1", metrics=good)}, train=False, evaluate=True)
+    assert got.evals[0].site == "site-1"
 
 
 def test_an_unknown_site_error_code_is_shown_sanitised():

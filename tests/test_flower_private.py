@@ -47,3 +47,9 @@ def test_task_token_grace_patch_only_lengthens_it(monkeypatch):
     assert corestate.HEARTBEAT_DEFAULT_INTERVAL == 120
     flower_private.patch_task_token_grace(5)  # never shorter than Flower's own
     assert corestate.HEARTBEAT_DEFAULT_INTERVAL == 120
+
+
+def test_superexec_starts_the_clientapp_by_the_name_the_launcher_shims():
+    from mammo_fl.client.launcher import SHIM_NAME
+
+    assert flower_private.clientapp_command() == SHIM_NAME

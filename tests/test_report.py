@@ -49,6 +49,25 @@ def test_sites_counts_add_up_and_cis_bracket_the_auc(run):
     assert all(r.sites[s].ci[0] <= r.sites[s].auc <= r.sites[s].ci[1] for r in data.rounds for s in r.sites)
     assert [s.train_examples for s in data.sites] == [40, 50, 60]
     assert data.final is not None and data.final.operating_point["threshold"] == pytest.approx(last.threshold)
+    assert [(r.evaluated_by, r.n_sites) for r in data.rounds] == [("round 2", 3), ("round 3", 3), ("final", 3)]
+
+
+def test_report_of_an_unfinished_run_shows_the_newest_evaluated_model(run, tmp_path):
+    """One message per round: the newest model has no evaluation until the next round; the report's
+    per-site figures and ROC are those of the newest model that has one."""
+    import json
+    import shutil
+
+    going = tmp_path / "going"
+    shutil.copytree(run, going)
+    rows = json.loads((going / "metrics.json").read_text())
+    for key in [k for k in rows[-1] if k.startswith(("auc_", "sens", "spec", "pooled", "threshold", "eval"))]:
+        rows[-1][key] = None
+    (going / "metrics.json").write_text(json.dumps(rows))
+    data = gather(going, bootstrap=50)
+    assert data.final_row["round"] == 2 and data.roc is not None
+    html = write_report(going, tmp_path / "going.html", bootstrap=50).read_text()
+    assert "<td>round 3</td>" in html and "evaluated by" in html
 
 
 def test_report_cli_and_one_line_errors(run, tmp_path, capsys):

@@ -18,7 +18,11 @@ Flower 1.42 has no public hook for these needs:
   HEARTBEAT_DEFAULT_INTERVAL`, 30 s): a `flwr-clientapp` that has not sent its first heartbeat
   30 s after it was claimed loses its token, and on a loaded machine (measured: 31 s just to
   print `flwr-clientapp --help` at load average 95 on 2 cores) every try fails and the
-  SuperExec relaunches it again and again.
+  SuperExec relaunches it again and again;
+- the per-message ClientApp process: SuperExec starts the command `TASK_TYPE_TO_COMMAND[CLIENT_APP]`
+  (`flwr-clientapp`) by bare name through PATH, with `--runtime-api-address ... --token ...`, and its
+  entry point is `flwr.supernode.cli.flwr_clientapp` (client/launcher.py runs that entry point,
+  behind the app guard, in a pre-started process instead of a cold one).
 
 pyproject pins flwr to 1.42.x; `check_flower_version()` refuses another release with one line, and
 tests/test_flower_private.py fails loudly when a name below disappears.
@@ -54,7 +58,15 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("flwr.cli.build", "build_fab_from_disk"),
     ("flwr.supercore.corestate.in_memory_corestate", "HEARTBEAT_DEFAULT_INTERVAL"),
     ("flwr.supernode.cli", "flower_supernode"),
+    ("flwr.supercore.constant", "TASK_TYPE_TO_COMMAND"),
 )
+
+
+def clientapp_command() -> str:
+    """The command Flower's SuperExec runs for every ClientApp message (looked up through PATH)."""
+    from flwr.supercore.constant import TaskType
+
+    return str(resolve("flwr.supercore.constant", "TASK_TYPE_TO_COMMAND")[TaskType.CLIENT_APP])
 
 
 def check_flower_version() -> None:

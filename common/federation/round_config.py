@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation.wire import check_wire_dtype
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
 
@@ -91,11 +92,14 @@ class RoundConfig:
     num_threads: int = 0
     tta: bool = False
     hist_bins: int = 1000
+    evaluate: bool = False  # score the received model on the validation split before training (fused round)
+    train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
     registered_site: str = ""  # the name the receiving node's key is registered under ("" in lab mode)
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins", "registered_site")
+                "hist_bins", "evaluate", "train_layers", "wire_dtype", "registered_site")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord
@@ -123,4 +127,13 @@ class RoundConfig:
         values["finetune"] = finetune_from_keys(record)
         if not FED_ID.match(str(values.get("fed_id", defaults.fed_id))):
             raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
-        return dataclasses.replace(defaults, **values)
+        out = dataclasses.replace(defaults, **values)
+        check_train_layers(out.train_layers)
+        check_wire_dtype(out.wire_dtype)
+        return out
+
+
+def check_train_layers(name: str) -> str:
+    if name not in P.TRAIN_LAYERS:
+        raise ConfigError(f"train-layers {name!r} unknown; choose one of {', '.join(P.TRAIN_LAYERS)}")
+    return name

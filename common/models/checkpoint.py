@@ -102,6 +102,17 @@ def _read(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any
     return payload
 
 
+def update_checkpoint_metrics(path: str | Path, metrics: dict[str, Any], copy_to: str | Path | None = None) -> None:
+    """Replace the metrics a checkpoint carries, weights and everything else unchanged (atomically);
+    with `copy_to`, that file gets the same bytes too. Federated rounds learn a model's validation
+    figures one round after its checkpoint was written."""
+    payload = _read(path)
+    payload["metrics"] = _plain(metrics, "metrics")
+    for dest in (path, copy_to) if copy_to is not None else (path,):
+        with atomic_path(dest) as tmp:
+            torch.save(payload, tmp)
+
+
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """Everything but the weights (and the training state)."""
     payload = _read(path)

@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from mammo_fl.common.imaging.cache import filter_readable  # noqa: F401 - imported from here by client/local.py
 from mammo_fl.common.imaging.png16 import read_png16
 from mammo_fl.common.training.augment import AugmentSettings, BatchAugmenter, augment_batch
 from mammo_fl.common.utils.errors import MammoError
