@@ -79,13 +79,18 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train_mode(model: nn.Module) -> None:
-    """model.train(), except BatchNorm layers whose parameters are all frozen stay in eval mode."""
+def train_mode(model: nn.Module, keep_bn_statistics: bool = False) -> None:
+    """model.train(), except BatchNorm layers whose parameters are all frozen stay in eval mode.
+
+    keep_bn_statistics: every BatchNorm layer stays in eval mode (its affine parameters still train):
+    the whole-image model's all-layer stage keeps the statistics the patch classifier learned, which
+    a batch of a few whole images (mostly background) would otherwise overwrite.
+    """
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
+            if keep_bn_statistics or (params and not any(p.requires_grad for p in params)):
                 m.eval()
 
 
@@ -201,10 +206,10 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
               scaler: torch.amp.GradScaler | None = None,
               augmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
               class_balance: bool = True, proximal: ProximalTerm | None = None, max_steps: int | None = None,
-              progress: bool = False, desc: str = "train") -> EpochStats:
+              progress: bool = False, desc: str = "train", keep_bn_statistics: bool = False) -> EpochStats:
     """One pass over `loader`: (augment on device, a batch ahead) -> forward under autocast -> balanced CE
     (+ prox) -> step. The loss is summed on the device: nothing per step waits for the device."""
-    train_mode(model)
+    train_mode(model, keep_bn_statistics)
     start = time.perf_counter()
     total = torch.zeros((), dtype=torch.float64, device=device)
     examples, steps = 0, 0

@@ -40,6 +40,7 @@ class Stage:
     lr: float
     weight_decay: float = 0.0
     lr_final: float | None = None  # cosine decay per epoch from lr to lr_final (None = constant lr)
+    keep_bn_statistics: bool = False  # BatchNorm layers use (and keep) their running statistics
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or not self.lr > 0 or self.weight_decay < 0:
@@ -65,14 +66,15 @@ def stages_from_config(section: dict[str, Any], layout: dict[str, str], where: s
         values = section.get(key)
         if not isinstance(values, dict):
             raise ConfigError(f"{where}.{key} is missing (needs epochs, lr, weight_decay)")
-        unknown = set(values) - {"epochs", "lr", "weight_decay", "lr_final"}
+        unknown = set(values) - {"epochs", "lr", "weight_decay", "lr_final", "keep_bn_statistics"}
         if unknown:
             raise ConfigError(f"unknown key(s) in {where}.{key}: {', '.join(sorted(unknown))}")
         try:
             lr_final = values.get("lr_final")
             stages.append(Stage(trainable, int(values["epochs"]), float(values["lr"]),
                                 float(values.get("weight_decay", 0.0)),
-                                None if lr_final is None else float(lr_final)))
+                                None if lr_final is None else float(lr_final),
+                                bool(values.get("keep_bn_statistics", False))))
         except KeyError as exc:
             raise ConfigError(f"{where}.{key} lacks {exc.args[0]!r}") from None
     return stages
@@ -178,7 +180,8 @@ def train_staged(
                                  device=device, drop_last=drop_last)
             desc = f"{name} s{state.stage_index + 1} e{state.global_epoch + 1}/{total_epochs}"
             stats = run_epoch(model, loader, optimizer, device, scaler=scaler, augmenter=augmenter,
-                              class_balance=class_balance, progress=progress, desc=desc)
+                              class_balance=class_balance, progress=progress, desc=desc,
+                              keep_bn_statistics=stage.keep_bn_statistics)
             metric = float(validate(model))
             if math.isnan(metric):  # no usable validation (yet): follow the latest epoch
                 improved = math.isnan(state.best_metric)
