@@ -97,6 +97,20 @@ def test_whole_stage1_trains_top_only_and_keeps_trunk() -> None:
         assert torch.equal(whole.trunk.state_dict()[k], v)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_all_layer_stage_can_keep_batchnorm_statistics(keep: bool) -> None:
+    torch.manual_seed(0)
+    whole = convert_patch_to_whole(build_model("patch", {"arch": "resnet_tiny"}),
+                                   {"type": "resnet", "blocks": [[8, 8, 16, 1], [8, 8, 16, 1]]})
+    before = snapshot(whole)
+    train_staged(whole, whole_data(), [Stage("all", 1, 1e-2, keep_bn_statistics=keep)], lambda m: float("nan"), CPU,
+                 batch_size=8, augment=False)
+    diff = changed(before, whole)
+    statistics = {k for k in diff if k.endswith(("running_mean", "running_var"))}
+    assert "trunk.conv1.weight" in diff and "trunk.bn1.weight" in diff  # every layer trains either way
+    assert (not statistics) if keep else ("trunk.bn1.running_mean" in statistics)
+
+
 def test_model_selection_restores_best_epoch() -> None:
     torch.manual_seed(0)
     model = build_model("patch", {"arch": "resnet_tiny"})
