@@ -21,10 +21,13 @@ from mammo_fl.common.synth import generate_dataset
 
 pytestmark = pytest.mark.slow
 
-# The CPU preset (288x224 images, 56-px patches, resnet_tiny16, all-conv top); patch stage 3 runs 10 epochs
-# over ~2,000 patches (the preset: 6 over ~11,000), the whole-image stages 1 epoch each (only CAM needs them).
-SHORT = ["threads=1", "progress=false", "data.workers=1", "patch_train.stage3.epochs=10",
-         "whole_train.stage1.epochs=1", "whole_train.stage2.epochs=1", "evaluate.tta=false", "evaluate.bootstrap=50"]
+# The CPU preset's pipeline at quarter scale on a 288x224 cohort (the preset's previous size: 56-px
+# patches, 4-cell heatmap pooling); patch stage 3 runs 10 epochs over ~2,000 patches, the whole-image
+# stages 1 epoch each (only CAM needs them).
+SHORT = ["threads=1", "progress=false", "data.workers=1", "data.height=288", "data.width=224",
+         "patches.patch_size=56", "tops.heatmap_conv.avg_pool=4", "tops.heatmap_fc.avg_pool=4",
+         "patch_train.stage3.epochs=10", "whole_train.stage1.epochs=1", "whole_train.stage2.epochs=1",
+         "whole_train.stage2.keep_bn_statistics=false", "evaluate.tta=false", "evaluate.bootstrap=50"]
 # The pointing game must clear both a floor and a multiple of chance (a random breast pixel hits with
 # probability = the lesions' share of the breast, ~0.05 here); measured far above both (module docstring).
 MIN_POINTING, MIN_OVER_CHANCE = 0.25, 4.0
