@@ -24,10 +24,7 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
     if args.config is not None:
         if not args.config.is_file():
             raise ConfigError(f"config file not found: {args.config}")
-        for key, value in load_toml(args.config).items():
-            if key not in config:
-                raise ConfigError(f"{args.config}: unknown federation setting {key!r}")
-            config[key] = value
+        _merge(config, load_toml(args.config), str(args.config))
     config = apply_overrides(config, args.overrides)
     config["initial-model"] = str(args.model.resolve())
     config["out-dir"] = str(rundir)
@@ -39,6 +36,17 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
         config["min-sites"] = args.min_sites
     FederationSettings.from_run_config(config)  # validates types and ranges
     return config
+
+
+def _merge(config: dict[str, Any], new: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Override known keys in place; a [dp]/[screening] table overrides only the keys it lists."""
+    for key, value in new.items():
+        if key not in config:
+            raise ConfigError(f"{source}: unknown federation setting {prefix + key!r}")
+        if isinstance(config[key], dict) and isinstance(value, dict):
+            _merge(config[key], value, source, f"{prefix}{key}.")
+        else:
+            config[key] = value
 
 
 def write_run_config(config: dict[str, Any], path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Aggregation: Flower's FedAvg / FedProx / FedAdam / FedYogi on screened replies, plus FedBN.
+"""Aggregation: Flower's strategies (common/federation/strategies.py) on screened replies, plus FedBN.
 
 We run our own round loop (bounded waits, screening, checkpoints) and use the Flower strategy
 object only for what it is good at: `aggregate_train`. Floating-point weights go through the
@@ -37,6 +37,12 @@ def build_strategy(s: FederationSettings) -> Any:
     opt = dict(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
     if s.strategy == "fedadam":
         return fs.FedAdam(**common, **opt)
+    if s.strategy == "fedmedian":
+        return fs.FedMedian(**common)
+    if s.strategy == "fedtrimmedavg":
+        return fs.FedTrimmedAvg(beta=s.trimmed_beta, **common)
+    if s.strategy == "krum":
+        return fs.Krum(num_malicious_nodes=s.krum_malicious, **common)
     return fs.FedYogi(**common, **opt)
 
 
