@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mammo_fl.client.audit import AuditEntry, append_entry, utc_now
+from mammo_fl.client.audit import append_reply, utc_now
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.utils.errors import DataError, MammoError
 
@@ -85,14 +85,11 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
                     P.SITE: ConfigRecord({"site": site.name, "status": P.STATUS_OK}),
                 }
             )
-            digest = P.arrays_sha256(weights)
         else:
             metrics = local_evaluate(site, rc, arrays)
             content = RecordDict(
                 {P.METRICS: MetricRecord(metrics), P.SITE: ConfigRecord({"site": site.name, "status": P.STATUS_OK})}
             )
-            digest = None
-        status, names = P.STATUS_OK, sorted(metrics)
     except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
         reason = public_reason(exc)
         log_locally(site.state_dir if site else None, f"{kind} round {rnd} failed: {exc}\n{traceback.format_exc()}")
@@ -101,15 +98,9 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
         content = RecordDict(
             {P.SITE: ConfigRecord({"site": name, "status": P.STATUS_ERROR, "error": reason})}
         )
-        status, names, digest = P.STATUS_ERROR, [], None
-    if site is not None:
-        append_entry(
-            site.state_dir,
-            AuditEntry(
-                time=utc_now(), site=site.name, run_id=int(context.run_id), round=rnd, kind=kind,
-                bytes=P.recorddict_nbytes(content), weights_sha256=digest, metric_names=names, status=status,
-            ),
-        )
+    if site is not None:  # hash-chained entry: the request's config, every value sent, the reply's SHA-256
+        append_reply(site.state_dir, site=site.name, run_id=int(context.run_id), rnd=rnd, kind=kind,
+                     received=msg.content, reply=content)
     return Message(content, reply_to=msg)
 
 

@@ -1,5 +1,7 @@
 """`mammo-client --site NAME --data DIR --server HOST:PORT --insecure`: a hospital joins the federation.
 
+`mammo-client audit verify --data DIR` checks the site's audit log instead (client/audit_cli.py).
+
 Writes the SuperNode's node config (site name, data folder, state folder) into the site's state
 dir and supervises `flower-supernode`: waits (with back-off) until the coordinator answers,
 restarts the SuperNode when it exits, and stops it gracefully (it deregisters) on Ctrl-C/SIGTERM.
@@ -15,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from mammo_fl.client.faults import parse_fault
 from mammo_fl.client.site import STATE_SUBDIR
 from mammo_fl.common.cli import run_cli
 from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads for local training (0 = default)")
     p.add_argument("--cache-workers", type=int, default=0,
                    help="processes for the first-round image preprocessing (0 = all cores)")
-    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS
+    # tests only: nan | delay:SECONDS | scale:F | claim-examples:N (client/faults.py)
+    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)
     return p
 
 
@@ -150,6 +154,7 @@ def _main(argv: list[str] | None = None) -> int:
     if not args.insecure:
         raise ConfigError("TLS is not supported yet: pass --insecure explicitly to connect over plain HTTP")
     parse_address(args.server)
+    parse_fault(args.test_fault)  # a typo in a test fault is a one-line error, not a silent honest site
     if not args.site.strip() or any(c in args.site for c in "'\n/\\"):
         raise ConfigError(f"site name {args.site!r} must be non-empty without quotes, slashes or newlines")
     check_site_data(args)
@@ -165,7 +170,12 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors, exit status 2 on bad input."""
+    """Console entry point: one-line errors, exit status 2 on bad input. `mammo-client audit ...` = client/audit_cli.py."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["audit"]:
+        from mammo_fl.client.audit_cli import audit_main
+
+        return run_cli(audit_main, argv[1:])
     return run_cli(_main, argv)
 
 

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from mammo_fl.client.faults import apply_update_fault, claimed_examples, parse_fault
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
+from mammo_fl.client.site_privacy import noise_histograms, protect_update
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import DataError
@@ -114,13 +116,11 @@ def local_train(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray]) 
     model.to("cpu")
     if rc.fedbn:
         save_local_bn(site, rc, model)
-    out = sent_arrays(model, rc.fedbn)
-    if site.fault == "nan":  # test-only: a site that diverged
-        first = next(k for k, v in out.items() if np.issubdtype(v.dtype, np.floating))
-        out[first] = out[first].copy()
-        out[first].flat[0] = np.nan
+    out = protect_update(sent_arrays(model, rc.fedbn), arrays, rc)  # DP clip (+ noise) as asked (issue 12)
+    fault = parse_fault(site.fault)  # test-only: nan | scale:F | claim-examples:N act on what leaves
+    out = apply_update_fault(fault, out, arrays)
     metrics = {
-        "num-examples": int(result["num_examples"]),
+        "num-examples": claimed_examples(fault, int(result["num_examples"])),
         "train-loss": float(result["train_loss"]),
         "train-seconds": float(time.perf_counter() - t0),
     }
@@ -145,9 +145,10 @@ def local_evaluate(site: SiteInfo, rc: RoundConfig, arrays: dict[str, np.ndarray
     scores = predict_scores(model, dataset, device, tta=rc.tta, batch_size=max(rc.finetune.batch_size, 4))
     labels = data.val["label"].astype(int).to_numpy()
     neg, pos = score_histograms(labels, np.clip(scores, 0.0, 1.0), bins=rc.hist_bins)
+    neg, pos = noise_histograms(neg, pos, rc.dp_histogram_noise)  # DP; totals below follow the noised counts
     return {
-        "num-examples": int(len(labels)),
-        "num-pos": int(labels.sum()),
+        "num-examples": int(neg.sum() + pos.sum()),
+        "num-pos": int(pos.sum()),
         "hist-neg": [int(x) for x in neg],
         "hist-pos": [int(x) for x in pos],
         "eval-seconds": float(time.perf_counter() - t0),

@@ -1,8 +1,8 @@
 """The coordinator's round loop (runs inside the ServerApp process).
 
 Per round: wait (bounded) for `min-sites` sites -> send the global model for local fine-tuning ->
-screen replies (errors, NaN/Inf, wrong keys/shapes; the site is named) -> aggregate with the
-configured strategy -> federated evaluation of the new global model (pooled histograms) ->
+screen replies (errors, NaN/Inf, wrong keys/shapes; update norms and num-examples, server/safeguards.py;
+the site is named) -> aggregate with the configured strategy (+ DP noise) -> federated evaluation of the new global model (pooled histograms) ->
 checkpoint, metrics, strategy state, then the resume marker. A round with too few valid
 updates is retried; a run that cannot make progress fails with a one-line reason.
 """
@@ -21,12 +21,13 @@ from typing import Any
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import ConfigError, MammoError
-from mammo_fl.server.pooled_metrics import check_bins, pool_histograms
+from mammo_fl.server.pooled_metrics import pool_histograms
 from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, online_nodes, wait_for_sites
 from mammo_fl.server.global_model import GlobalModel
 from mammo_fl.server.rundir import RunDir
+from mammo_fl.server.safeguards import Safeguards
 from mammo_fl.server.settings import FederationSettings
-from mammo_fl.server.strategy import aggregate, build_strategy, load_strategy_state, save_strategy_state
+from mammo_fl.server.strategy import build_strategy, load_strategy_state, save_strategy_state
 from mammo_fl.server.validate import Rejected, Screened, expected_specs, screen
 
 LOG = logging.getLogger("mammo.server")
@@ -53,6 +54,7 @@ class RoundContext:
     model: GlobalModel
     strategy: Any
     fed_id: str
+    guards: Safeguards
     started: bool = False  # a training round of this launch has started
 
 
@@ -85,22 +87,27 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
             raise ConfigError(f"cannot resume a {state.get('strategy')} run with strategy {s.strategy}")
         model = GlobalModel.from_checkpoint(rundir.root / state["checkpoint"])
         restored = load_strategy_state(strategy, rundir.strategy_file)
+        guards = Safeguards.open(s, rundir, resume=True)  # join registry, privacy ledger (issue 12)
         done = int(state["completed_round"])
         rows = [r for r in rundir.load_rows() if r["round"] <= done]
-        rundir.event("resumed", completed_round=done, strategy_arrays=restored, run_id=run_id)
+        rundir.event("resumed", completed_round=done, strategy_arrays=restored, run_id=run_id, **guards.restored())
         _log("Resuming after round %d (%d strategy arrays restored)", done, restored)
         first = done + 1
     else:
         if not s.initial_model:
             raise ConfigError("run config initial-model is empty: pass the whole-image checkpoint (--model)")
         model = GlobalModel.from_checkpoint(s.initial_model)
+        guards = Safeguards.open(s, rundir, resume=False)
         for stale in (rundir.state_file, rundir.metrics_json):
             stale.unlink(missing_ok=True)
         first = 1
-    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir))
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), guards)
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays))
+    if s.test_faults:
+        rundir.event("test_faults", faults=s.test_faults)
+        _log("TEST FAULTS injected at simulated sites: %s", s.test_faults)
     if first == 1 and s.evaluate_initial and not rows:
         _wait_for_round(ctx, 0, first_round=True)
         rows.append(_evaluation_row(ctx, 0, _evaluate(ctx, 0)))
@@ -114,6 +121,7 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int) -> None:
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         model.save(rundir.round_checkpoint(rnd), provenance, metrics)
         save_strategy_state(strategy, rundir.strategy_file)
+        guards.commit()
         rundir.write_rows(rows)
         rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": run_id})
         rundir.event("round_end", **row)
@@ -139,6 +147,7 @@ def _round_config(ctx: RoundContext, rnd: int) -> Any:
         num_threads=s.num_threads,
         tta=s.tta,
         hist_bins=s.hist_bins,
+        **s.dp.round_fields(),
     ).to_record()
 
 
@@ -161,6 +170,12 @@ def _report_rejected(ctx: RoundContext, rnd: int, kind: str, rejected: list[Reje
         _log("Round %d %s: rejected %s: %s", rnd, kind, rej.site, rej.reason)
 
 
+def _report_screened(ctx: RoundContext, rnd: int, screened: Any) -> None:
+    for note in screened.notes:
+        ctx.rundir.event("site_screened", round=rnd, kind="train", site=note.site, what=note.what, reason=note.detail)
+        _log("Round %d train: %s %s: %s", rnd, note.what, note.site, note.detail)
+
+
 def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
     from flwr.app import MessageType
 
@@ -177,7 +192,10 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
         _report_missing(ctx, rnd, "train", col)
         accepted, rejected = screen(col.replies, True, expected)
         accepted, dup = _dedupe_sites(accepted)
-        _report_rejected(ctx, rnd, "train", rejected + dup)
+        screened = ctx.guards.screen_train(accepted, ctx.model.arrays)  # norms, num-examples (issue 12)
+        accepted, rejected = screened.accepted, rejected + dup + screened.rejected
+        _report_rejected(ctx, rnd, "train", rejected)
+        _report_screened(ctx, rnd, screened)
         if len(accepted) >= s.min_sites:
             break
         ctx.rundir.event("round_retry", round=rnd, valid=len(accepted), need=s.min_sites, attempt=attempt)
@@ -187,7 +205,7 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
             f"after {s.round_retries + 1} attempt(s)"
         )
     train_seconds = col.seconds
-    ctx.model.arrays = aggregate(ctx.strategy, rnd, ctx.model.arrays, accepted)
+    ctx.model.arrays = ctx.guards.aggregate(ctx.strategy, rnd, ctx.model.arrays, accepted)  # DP, finite check
     max_site = max(float(r.metrics["train-seconds"]) for r in accepted)
     total = sum(int(r.metrics["num-examples"]) for r in accepted)
     loss = sum(float(r.metrics["train-loss"]) * int(r.metrics["num-examples"]) for r in accepted) / total
@@ -208,8 +226,9 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
         evaluate_seconds=eval_seconds,
         bytes_to_each_site=bytes_out,
         bytes_from_sites=int(sum(bytes_in)),
-        rejected=len(rejected) + len(dup),
+        rejected=len(rejected),
         site_names=",".join(sorted(r.site for r in accepted)),
+        **ctx.guards.screening_fields(screened, rejected),
     )
     return row
 
@@ -259,8 +278,8 @@ def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
     _report_missing(ctx, rnd, "evaluate", col)
     accepted, rejected = screen(col.replies, False, None)
     accepted, dup = _dedupe_sites(accepted)
-    accepted, bad_bins = check_bins(accepted, s.hist_bins)
-    rejected = rejected + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
+    accepted, bad_hists = ctx.guards.screen_eval(rnd, accepted)  # bins, counts, totals (issue 12)
+    rejected = rejected + dup + bad_hists
     _report_rejected(ctx, rnd, "evaluate", rejected)
     return accepted, pool_histograms(accepted, s.hist_bins, s.threshold)
 
@@ -280,6 +299,7 @@ def _evaluation_row(ctx: RoundContext, rnd: int, evaluation: tuple[list[Screened
     }
     for site, value in sorted(summary.site_auc.items()):
         row[f"auc_{site}"] = value
+    row.update(ctx.guards.privacy_fields())  # epsilon, hist_epsilon (issue 12)
     _log(
         "Round %d: pooled AUC %s over %d site(s) (%d pos / %d neg)",
         rnd, "nan" if math.isnan(summary.pooled_auc) else f"{summary.pooled_auc:.4f}",

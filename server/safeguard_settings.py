@@ -59,7 +59,7 @@ class ScreeningSettings:
     # num-examples: at most `max-examples` (else rejected), at most what the site declared in its first
     # accepted reply of the run, and at most `examples-factor` x the round's lower median (0 = off).
     max_examples: int = 1_000_000
-    examples_factor: float = 10.0
+    examples_factor: float = 5.0
 
     def check(self) -> None:
         if self.action not in ("clip", "reject"):
@@ -83,6 +83,14 @@ class PrivacySettings:
     @property
     def enabled(self) -> bool:
         return self.noise_multiplier > 0
+
+    def round_fields(self) -> dict[str, float]:
+        """What each site is asked to do (RoundConfig fields): clip, noise its update, noise its histograms."""
+        return {
+            "dp_clip_norm": self.clip_norm if self.enabled else 0.0,
+            "dp_site_noise": self.noise_multiplier if self.enabled and self.noise_at == "site" else 0.0,
+            "dp_histogram_noise": self.histogram_noise,
+        }
 
     def check(self, strategy: str) -> None:
         if self.noise_multiplier < 0 or self.histogram_noise < 0:

@@ -88,10 +88,15 @@ class RoundConfig:
     num_threads: int = 0
     tta: bool = False
     hist_bins: int = 1000
+    # differential privacy asked of the site (0 = off): clip the update to this L2 norm, add Gaussian noise
+    # of std dp_site_noise x dp_clip_norm to it, add Gaussian noise of this std (counts) to each histogram bin
+    dp_clip_norm: float = 0.0
+    dp_site_noise: float = 0.0
+    dp_histogram_noise: float = 0.0
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins")
+                "hist_bins", "dp_clip_norm", "dp_site_noise", "dp_histogram_noise")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord

@@ -1,0 +1,190 @@
+"""What the coordinator accepts beyond well-formed weights (server/validate.py): bounded updates,
+bounded num-examples, consistent evaluation histograms, and a finite aggregate.
+
+- Update norm ||w_site - w_global|| (float weights only, in float64 so values near the float32
+  maximum cannot overflow): bounded by `norm-factor` x the *lower* median of the round's norms
+  (the lower median, so that with two sites an attacker cannot drag the bound up), an absolute
+  `norm-max`, and (central DP) the DP clip norm. Above the bound an update is clipped (scaled back
+  onto the bound) or rejected, per `screening.action`; the site is named either way.
+- num-examples: rejected above `max-examples`; capped at what the site declared in its first
+  accepted reply of the run (the join registry, kept in the run folder for --resume) and at
+  `examples-factor` x the round's lower median, so a reply claiming 2**62 examples cannot take
+  all the weight.
+- Evaluation histograms: the requested bin count, non-negative integer counts, totals equal to
+  num-examples / num-pos and at most `max-examples`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mammo_fl.server.safeguard_settings import ScreeningSettings
+from mammo_fl.server.validate import Rejected, Screened
+
+REL_TOL = 1e-5  # a site that clipped to exactly the bound is not "above" it after float32 rounding
+
+
+@dataclass
+class SiteNote:
+    """Something screening changed in an accepted reply (shown on the console and in metrics.csv)."""
+
+    site: str
+    what: str  # clipped | capped
+    detail: str
+
+
+@dataclass
+class ScreenResult:
+    accepted: list[Screened]
+    rejected: list[Rejected] = field(default_factory=list)
+    notes: list[SiteNote] = field(default_factory=list)
+    norms: dict[str, float] = field(default_factory=dict)  # site -> update norm as received
+    bound: float | None = None
+
+
+def is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def update_norm(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of the update over every float weight the site sent."""
+    total = 0.0
+    for key, arr in arrays.items():
+        if is_float(arr):
+            diff = arr.astype(np.float64).ravel() - global_arrays[key].astype(np.float64).ravel()
+            total += float(np.dot(diff, diff))
+    return math.sqrt(total)
+
+
+def scale_update(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np.ndarray],
+                 factor: float) -> dict[str, np.ndarray]:
+    """w_global + factor x (w_site - w_global) for float weights; integer buffers unchanged."""
+    out: dict[str, np.ndarray] = {}
+    for key, arr in arrays.items():
+        if is_float(arr):
+            glob = global_arrays[key].astype(np.float64)
+            out[key] = (glob + factor * (arr.astype(np.float64) - glob)).astype(arr.dtype)
+        else:
+            out[key] = arr
+    return out
+
+
+def _with_examples(rep: Screened, n: int) -> Screened:
+    return dataclasses.replace(rep, metrics={**rep.metrics, "num-examples": int(n)})
+
+
+def screen_examples(accepted: list[Screened], s: ScreeningSettings,
+                    registry: dict[str, int]) -> ScreenResult:
+    """Reject impossible num-examples, cap the rest (join registry, then the round's median); registers new sites."""
+    out = ScreenResult(accepted=[])
+    for rep in accepted:
+        n = int(rep.metrics["num-examples"])
+        if n > s.max_examples:
+            out.rejected.append(Rejected(rep.node, rep.site,
+                                         f"num-examples {n} exceeds screening.max-examples {s.max_examples}"))
+            continue
+        declared = registry.get(rep.site)
+        if declared is not None and n > declared:
+            out.notes.append(SiteNote(rep.site, "capped", f"num-examples {n} capped to {declared} declared at join"))
+            rep = _with_examples(rep, declared)
+        out.accepted.append(rep)
+    if s.examples_factor > 0 and out.accepted:
+        cap = int(s.examples_factor * statistics.median_low(int(r.metrics["num-examples"]) for r in out.accepted))
+        for i, rep in enumerate(out.accepted):
+            n = int(rep.metrics["num-examples"])
+            if n > max(cap, 1):
+                out.notes.append(SiteNote(rep.site, "capped", f"num-examples {n} capped to {cap} "
+                                          f"({s.examples_factor:g} x the round's median)"))
+                out.accepted[i] = _with_examples(rep, cap)
+    for rep in out.accepted:
+        registry.setdefault(rep.site, int(rep.metrics["num-examples"]))
+    return out
+
+
+def norm_bound(norms: list[float], s: ScreeningSettings, dp_clip: float | None) -> float | None:
+    """The round's bound on update norms, or None when no bound applies."""
+    bounds = []
+    finite = [n for n in norms if math.isfinite(n)]
+    median = statistics.median_low(finite) if finite else 0.0
+    if s.norm_factor > 0 and median > 0:  # a zero median (nobody trained) says nothing about scale
+        bounds.append(s.norm_factor * median)
+    if s.norm_max > 0:
+        bounds.append(s.norm_max)
+    if dp_clip:
+        bounds.append(dp_clip)
+    return min(bounds) if bounds else None
+
+
+def screen_norms(accepted: list[Screened], global_arrays: Mapping[str, np.ndarray], s: ScreeningSettings,
+                 dp_clip: float | None = None) -> ScreenResult:
+    """Clip or reject updates above the round's norm bound; `dp_clip` is the DP clip norm sites must respect."""
+    norms = {rep.site: update_norm(rep.arrays or {}, global_arrays) for rep in accepted}
+    bound = norm_bound(list(norms.values()), s, dp_clip)
+    out = ScreenResult(accepted=[], norms=norms, bound=bound)
+    median = statistics.median_low([n for n in norms.values() if math.isfinite(n)] or [0.0])
+    for rep in accepted:
+        norm = norms[rep.site]
+        if not math.isfinite(norm):
+            out.rejected.append(Rejected(rep.node, rep.site, "update norm is not finite"))
+            continue
+        if bound is None or norm <= bound * (1 + REL_TOL):
+            out.accepted.append(rep)
+            continue
+        why = f"update norm {norm:.4g} above the bound {bound:.4g} ({_ratio(norm, median)} the round's median)"
+        if s.action == "reject":
+            out.rejected.append(Rejected(rep.node, rep.site, why))
+        else:
+            out.notes.append(SiteNote(rep.site, "clipped", why + f"; clipped to {bound:.4g}"))
+            out.accepted.append(dataclasses.replace(rep, arrays=scale_update(rep.arrays or {}, global_arrays,
+                                                                               bound / norm)))
+    return out
+
+
+def _ratio(norm: float, median: float) -> str:
+    return f"{norm / median:.3g} x" if median > 0 else "vs a zero"
+
+
+def nonfinite_reason(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """Why an aggregate must not be checkpointed (NaN/Inf, e.g. float32 overflow), or None."""
+    for key in sorted(arrays):
+        arr = arrays[key]
+        if is_float(arr) and not np.isfinite(arr).all():
+            return f"weight {key!r} has {int((~np.isfinite(arr)).sum())} NaN/Inf value(s)"
+    return None
+
+
+def histogram_problem(metrics: Mapping[str, Any], bins: int, max_examples: int) -> str | None:
+    """Why an evaluation reply's histograms are inconsistent, or None."""
+    hists = {name: metrics[name] for name in ("hist-neg", "hist-pos")}
+    for name, values in hists.items():
+        if len(values) != bins:
+            return f"{name} has {len(values)} bins, expected {bins}"
+        bad = [v for v in values if not float(v).is_integer() or v < 0]
+        if bad:
+            return f"{name} holds {len(bad)} count(s) that are not non-negative integers, e.g. {bad[0]!r}"
+    n_neg, n_pos = int(sum(hists["hist-neg"])), int(sum(hists["hist-pos"]))
+    if n_neg + n_pos != int(metrics["num-examples"]):
+        return f"histograms count {n_neg + n_pos} scores but num-examples is {metrics['num-examples']}"
+    if n_pos != int(metrics["num-pos"]):
+        return f"hist-pos counts {n_pos} scores but num-pos is {metrics['num-pos']}"
+    if n_neg + n_pos > max_examples:
+        return f"histograms count {n_neg + n_pos} scores, above screening.max-examples {max_examples}"
+    return None
+
+
+def screen_histograms(accepted: list[Screened], bins: int, max_examples: int) -> tuple[list[Screened], list[Rejected]]:
+    good, bad = [], []
+    for rep in accepted:
+        why = histogram_problem(rep.metrics, bins, max_examples)
+        if why is None:
+            good.append(rep)
+        else:
+            bad.append(Rejected(rep.node, rep.site, why))
+    return good, bad
