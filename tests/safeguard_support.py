@@ -1,0 +1,59 @@
+"""Real Flower reply messages for the safeguard tests (screening, DP, audit): import the fixture
+`task_identity` into a test module to make Flower's task context available there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mammo_fl.common.federation import protocol as P
+
+
+@pytest.fixture()
+def task_identity():
+    """Real Messages need Flower's task context (set by flwr-serverapp / flwr-clientapp in production)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
+
+
+def train_reply(site: str, arrays: dict[str, np.ndarray], num_examples: int = 10):
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    content = RecordDict({
+        P.ARRAYS: P.numpy_to_arrayrecord(arrays),
+        P.METRICS: MetricRecord({"num-examples": num_examples, "train-loss": 0.5, "train-seconds": 1.0}),
+        P.SITE: ConfigRecord({"site": site, "status": P.STATUS_OK}),
+    })
+    return Message(content, 1, "train")
+
+
+def eval_reply(site: str, neg: list, pos: list, num_examples: int | None = None, num_pos: int | None = None):
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    metrics = {
+        "num-examples": int(sum(neg) + sum(pos)) if num_examples is None else num_examples,
+        "num-pos": int(sum(pos)) if num_pos is None else num_pos,
+        "hist-neg": neg, "hist-pos": pos, "eval-seconds": 1.0,
+    }
+    content = RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: ConfigRecord({"site": site, "status": "ok"})})
+    return Message(content, 1, "evaluate")
+
+
+GLOBAL = {"w": np.zeros((4, 5), np.float32), "bn.running_var": np.ones(3, np.float32),
+          "bn.num_batches_tracked": np.array(7, np.int64)}
+
+
+def site_arrays(step: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """GLOBAL moved by a random update of norm ~ step (an honest site's fine-tuning)."""
+    rng = np.random.default_rng(seed)
+    out = {k: v.copy() for k, v in GLOBAL.items()}
+    direction = rng.normal(size=23)
+    direction *= step / np.linalg.norm(direction)
+    out["w"] = (GLOBAL["w"] + direction[:20].reshape(4, 5)).astype(np.float32)
+    out["bn.running_var"] = (GLOBAL["bn.running_var"] + direction[20:]).astype(np.float32)
+    out["bn.num_batches_tracked"] = np.array(9, np.int64)
+    return out
