@@ -45,6 +45,10 @@ class Table:
         if kind in ("site_rejected", "site_missing"):
             who = ev.get("site") or f"node-{ev.get('node')}"
             return f"  ! round {ev.get('round')} {ev.get('kind')}: {who}: {ev.get('reason')}"
+        if kind == "site_screened":  # clipped or capped, but accepted (server/safeguards.py)
+            return f"  ~ round {ev.get('round')} {ev.get('kind')}: {ev.get('site')}: {ev.get('reason')}"
+        if kind == "test_faults":
+            return f"TEST FAULTS injected at simulated sites: {ev.get('faults')}"
         if kind == "round_end":
             out = []
             if not self.header_done:
@@ -54,11 +58,19 @@ class Table:
             sites = " ".join(f"{k[4:]}={_fmt(v)}" for k, v in sorted(ev.items()) if k.startswith("auc_"))
             out.append(f"{ev['round']:>5} {_fmt(ev.get('pooled_auc')):>10} {ev.get('sites', 0):>5} "
                        f"{_fmt(ev.get('sens'), 2):>6} {_fmt(ev.get('spec'), 2):>6} "
-                       f"{_fmt(ev.get('train_loss')):>8} {_fmt(ev.get('round_seconds'), 1):>7}  {sites}")
+                       f"{_fmt(ev.get('train_loss')):>8} {_fmt(ev.get('round_seconds'), 1):>7}  {sites}"
+                       + _privacy(ev))
             return "\n".join(out)
         if kind == "failed":
             return f"run failed: {ev.get('reason')}"
         return None
+
+
+def _privacy(ev: dict[str, Any]) -> str:
+    """Privacy spent so far, when DP is on (metrics.csv columns epsilon / hist_epsilon at dp_delta)."""
+    parts = [f"{label}={_fmt(ev[key], 3)}" for key, label in (("epsilon", "eps"), ("hist_epsilon", "hist-eps"))
+             if ev.get(key) is not None]
+    return f"  {' '.join(parts)} (delta={ev.get('dp_delta')})" if parts else ""
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

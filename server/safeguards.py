@@ -23,6 +23,7 @@ from mammo_fl.server.rundir import RunDir, atomic_write_text
 from mammo_fl.server.screening import (
     ScreenResult,
     nonfinite_reason,
+    register,
     screen_examples,
     screen_histograms,
     screen_norms,
@@ -93,6 +94,7 @@ class Safeguards:
         norms = screen_norms(examples.accepted, global_arrays, sc, dp_clip)
         norms.rejected = examples.rejected + norms.rejected
         norms.notes = examples.notes + norms.notes
+        register(norms.accepted, self.registry)
         return norms
 
     def aggregate(self, strategy: Any, rnd: int, global_arrays: dict[str, np.ndarray],

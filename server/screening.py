@@ -81,8 +81,8 @@ def _with_examples(rep: Screened, n: int) -> Screened:
 
 
 def screen_examples(accepted: list[Screened], s: ScreeningSettings,
-                    registry: dict[str, int]) -> ScreenResult:
-    """Reject impossible num-examples, cap the rest (join registry, then the round's median); registers new sites."""
+                    registry: Mapping[str, int]) -> ScreenResult:
+    """Reject impossible num-examples, cap the rest (join registry, then the round's median)."""
     out = ScreenResult(accepted=[])
     for rep in accepted:
         n = int(rep.metrics["num-examples"])
@@ -103,9 +103,13 @@ def screen_examples(accepted: list[Screened], s: ScreeningSettings,
                 out.notes.append(SiteNote(rep.site, "capped", f"num-examples {n} capped to {cap} "
                                           f"({s.examples_factor:g} x the round's median)"))
                 out.accepted[i] = _with_examples(rep, cap)
-    for rep in out.accepted:
-        registry.setdefault(rep.site, int(rep.metrics["num-examples"]))
     return out
+
+
+def register(accepted: list[Screened], registry: dict[str, int]) -> None:
+    """A site's first accepted reply of the run declares its num-examples (the cap from then on)."""
+    for rep in accepted:
+        registry.setdefault(rep.site, int(rep.metrics["num-examples"]))
 
 
 def norm_bound(norms: list[float], s: ScreeningSettings, dp_clip: float | None) -> float | None:

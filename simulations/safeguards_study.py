@@ -1,0 +1,124 @@
+"""The safeguards experiment (docs/federation.md): one faulty site, screening, robust strategies, DP.
+
+    python -m mammo_fl.simulations.safeguards_study --out runs/safeguards [--arms clean,fedavg-attack,...]
+
+Every arm is one `mammo-sim --preset quick` federated run at the grid's largest size (72 patients,
+K = 3 virtual sites, seed 0) with extra run-config keys; the attack arms make `site_02` send its
+update x1000 from round 1 (`test-faults`). Writes OUT/safeguards.csv and prints the table:
+pooled AUC = the coordinator's last-round AUC from the sites' summed histograms, federated AUC =
+final.pt scored centrally on the same validation set, epsilon = the privacy spent at dp.delta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from mammo_fl.common.cli import run_cli
+
+ATTACK = {"test-faults": "site_02=scale:1000"}
+NO_SCREENING = {"screening.norm-factor": 0.0, "screening.examples-factor": 0.0}
+CLIP_NORM = 2.0  # about the median update norm of the clean arm (norm_site_* columns of its metrics.csv)
+
+# name -> extra run-config keys of the federated arm
+ARMS: dict[str, dict[str, Any]] = {
+    "clean": {},
+    "fedavg-attack-unscreened": {**ATTACK, **NO_SCREENING},
+    "fedavg-attack-screened-clip": {**ATTACK},
+    "fedavg-attack-screened-reject": {**ATTACK, "screening.action": "reject"},
+    "fedmedian-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "fedmedian"},
+    "fedtrimmedavg-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "fedtrimmedavg", "trimmed-beta": 0.34},
+    "krum-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "krum", "krum-malicious": 1},
+    "dp-0.001": {"dp.noise-multiplier": 0.001, "dp.clip-norm": CLIP_NORM},
+    "dp-0.01": {"dp.noise-multiplier": 0.01, "dp.clip-norm": CLIP_NORM},
+    "dp-0.1": {"dp.noise-multiplier": 0.1, "dp.clip-norm": CLIP_NORM},
+    "dp-1.0": {"dp.noise-multiplier": 1.0, "dp.clip-norm": CLIP_NORM},
+}
+GRID = ["experiment.sizes=[72]", "experiment.k_sites=[3]", "experiment.seeds=[0]",
+        "experiment.methods=['federated']"]
+COLUMNS = ["arm", "strategy", "screening", "fault", "noise_multiplier", "epsilon", "delta", "pooled_auc",
+           "federated_auc", "clipped_or_rejected", "status", "seconds"]
+
+
+def _last_row(run_dir: Path) -> dict[str, str]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return rows[-1] if rows else {}
+
+
+def _float(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def run_arm(name: str, out: Path, cache_dir: Path | None, model: Path | None) -> dict[str, Any]:
+    from mammo_fl.simulations.driver import run_simulation_study
+
+    extra = ARMS[name]
+    start = time.perf_counter()
+    results = run_simulation_study("quick", out / name, overrides=GRID, model=model, cache_dir=cache_dir,
+                                   run_config=extra)
+    fed = results[results["method"] == "federated"].iloc[0]
+    last = _last_row(out / name / "federated" / "seed0_n72_k3")
+    screening = "off" if extra.get("screening.norm-factor") == 0 else extra.get("screening.action", "clip")
+    return {
+        "arm": name, "strategy": extra.get("strategy", "fedavg"), "screening": screening,
+        "fault": extra.get("test-faults", ""), "noise_multiplier": extra.get("dp.noise-multiplier", 0.0),
+        "epsilon": _float(last.get("epsilon")), "delta": _float(last.get("dp_delta")),
+        "pooled_auc": _float(last.get("pooled_auc")), "federated_auc": float(fed["auc"]),
+        "clipped_or_rejected": " | ".join(x for x in (last.get("clipped_sites"), last.get("rejected_sites")) if x),
+        "status": fed["status"], "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _main(argv: list[str] | None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mammo_fl.simulations.safeguards_study", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
+    p.add_argument("--model", type=Path, default=None, help="source model (default: mammo-sim's cached build)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        from mammo_fl.common.utils.errors import ConfigError
+
+        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = args.out / "safeguards.csv"
+    rows = []
+    for name in arms:
+        rows.append(run_arm(name, args.out, args.cache_dir, args.model))
+        with open(table, "w", newline="") as fh:  # rewritten after every arm: a killed study keeps its rows
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    print("| " + " | ".join(COLUMNS[:-2]) + " |")
+    print("|" + "---|" * (len(COLUMNS) - 2))
+    for row in rows:
+        print("| " + " | ".join(_fmt(row[c]) for c in COLUMNS[:-2]) + " |")
+    print(f"\nresults: {table}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
