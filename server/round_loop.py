@@ -190,6 +190,7 @@ def _train_round(ctx: RoundContext, rnd: int) -> dict[str, Any]:
         content = _content(ctx, rnd)
         col = exchange(ctx.grid, nodes, MessageType.TRAIN, content, str(rnd), s.round_timeout)
         _report_missing(ctx, rnd, "train", col)
+        ctx.guards.witness(rnd, "train", col.replies)  # reply SHA-256s, as in the sites' audit logs
         accepted, rejected = screen(col.replies, True, expected)
         accepted, dup = _dedupe_sites(accepted)
         screened = ctx.guards.screen_train(accepted, ctx.model.arrays)  # norms, num-examples (issue 12)
@@ -276,6 +277,7 @@ def _evaluate(ctx: RoundContext, rnd: int) -> tuple[list[Screened], Any]:
         return [], pool_histograms([], s.hist_bins, s.threshold)
     col = exchange(ctx.grid, nodes, MessageType.EVALUATE, _content(ctx, rnd), f"eval-{rnd}", s.round_timeout)
     _report_missing(ctx, rnd, "evaluate", col)
+    ctx.guards.witness(rnd, "evaluate", col.replies)
     accepted, rejected = screen(col.replies, False, None)
     accepted, dup = _dedupe_sites(accepted)
     accepted, bad_hists = ctx.guards.screen_eval(rnd, accepted)  # bins, counts, totals (issue 12)

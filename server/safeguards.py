@@ -30,7 +30,7 @@ from mammo_fl.server.screening import (
 )
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.strategy import aggregate
-from mammo_fl.server.validate import Rejected, Screened
+from mammo_fl.server.validate import Rejected, Screened, site_of
 
 SCREENING_STATE = "screening_state.json"
 PRIVACY_LEDGER = "privacy_ledger.json"
@@ -84,6 +84,15 @@ class Safeguards:
 
     def restored(self) -> dict[str, int]:
         return {"registered_sites": len(self.registry), "privacy_releases": len(self.ledger.releases)}
+
+    # -- what arrived ----------------------------------------------------------------------------
+    def witness(self, rnd: int, kind: str, replies: dict[int, Any]) -> None:
+        """Log the SHA-256 object id of every reply's content: the same digest the site's audit log
+        records as `sent.sha256`, so the two records can be matched entry by entry."""
+        digests = {site_of(reply, node): reply.content.object_id
+                   for node, reply in sorted(replies.items()) if not reply.has_error()}
+        if digests:
+            self.rundir.event("reply_digests", round=rnd, kind=kind, digests=digests)
 
     # -- training replies ----------------------------------------------------------------------
     def screen_train(self, accepted: list[Screened], global_arrays: dict[str, np.ndarray]) -> ScreenResult:

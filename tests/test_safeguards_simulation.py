@@ -75,6 +75,11 @@ def test_a_scaled_site_is_rejected_by_name_and_the_run_completes(federation):
         train = [e for e in entries if e["kind"] == "train"]
         assert all(e["received"]["config"]["dp-site-noise"] == 0.01 for e in train)
         assert all(len(e["sent"]["metrics"]["hist-neg"]) == 20 for e in entries if e["kind"] == "evaluate")
+        # ... and the coordinator logged the same reply digests (the audit's external witness)
+        for entry in entries:
+            (witnessed,) = [e for e in events if e["event"] == "reply_digests" and e["round"] == entry["round"]
+                            and e["kind"] == entry["kind"]]
+            assert witnessed["digests"][site] == entry["sent"]["sha256"]
 
 
 @pytest.mark.timeout(900)
