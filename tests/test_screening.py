@@ -131,6 +131,7 @@ def test_evaluation_replies_with_bad_histograms_are_rejected_by_name(tmp_path, t
     assert [(r.site, r.reason) for r in bad] == [("liar", "histograms count 7 scores but num-examples is 1000")]
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the point of the test
 def test_a_non_finite_aggregate_is_never_checkpointed(tmp_path):
     """Ten sites at the float32 maximum: FedAvg's float32 weighted sum rounds up to Inf. Without
     screening (norm-factor 0) the round fails with one line instead of checkpointing Inf."""
