@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     v = sub.add_parser("verify", help="check the hash chain and print what left the site")
     v.add_argument("--data", required=True, type=Path, help="the site's data folder (as given to mammo-client)")
-    v.add_argument("--state-dir", type=Path, default=None, help=f"the site's state folder (default DATA/{STATE_SUBDIR})")
+    v.add_argument("--state-dir", type=Path, default=None,
+                   help=f"the site's state folder (default DATA/{STATE_SUBDIR})")
     v.add_argument("--head", default=None, metavar="SHA256",
                    help="a chain head recorded earlier (printed by verify): it must still be in the log")
     return p

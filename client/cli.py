@@ -170,7 +170,7 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors, exit status 2 on bad input. `mammo-client audit ...` = client/audit_cli.py."""
+    """Console entry point: one-line errors, exit status 2 on bad input (`audit ...`: client/audit_cli.py)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["audit"]:
         from mammo_fl.client.audit_cli import audit_main

@@ -2,8 +2,9 @@
 
 Per round: wait (bounded) for `min-sites` sites -> send the global model for local fine-tuning ->
 screen replies (errors, NaN/Inf, wrong keys/shapes; update norms and num-examples, server/safeguards.py;
-the site is named) -> aggregate with the configured strategy (+ DP noise) -> federated evaluation of the new global model (pooled histograms) ->
-checkpoint, metrics, strategy state, then the resume marker. A round with too few valid
+the site is named) -> aggregate with the configured strategy (+ DP noise; never a non-finite model) ->
+federated evaluation of the new global model (pooled histograms) -> checkpoint, metrics, strategy and
+safeguard state, then the resume marker. A round with too few valid
 updates is retried; a run that cannot make progress fails with a one-line reason.
 """
 

@@ -87,7 +87,8 @@ def _fmt(v: Any) -> str:
 
 
 def _main(argv: list[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mammo_fl.simulations.safeguards_study", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mammo_fl.simulations.safeguards_study",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     p.add_argument("--model", type=Path, default=None, help="source model (default: mammo-sim's cached build)")

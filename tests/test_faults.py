@@ -61,7 +61,7 @@ def test_client_refuses_a_mistyped_fault(tmp_path, capsys):
 
 
 def _message(kind: str, arrays: dict, config: dict):
-    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app import Message, RecordDict
 
     from mammo_fl.common.federation.round_config import RoundConfig
 
