@@ -21,6 +21,8 @@ from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.server import privacy
 from mammo_fl.server.rundir import RunDir, atomic_write_text
 from mammo_fl.server.screening import (
+    STATS,
+    WEIGHTS,
     ScreenResult,
     nonfinite_reason,
     register,
@@ -64,6 +66,10 @@ class Safeguards:
     @classmethod
     def open(cls, s: FederationSettings, rundir: RunDir, resume: bool) -> Safeguards:
         guards = cls(s, rundir)
+        if s.dp.enabled and not s.fedbn:
+            logging.getLogger("mammo.server").warning(
+                "dp: BatchNorm running statistics are part of the clipped update and usually dominate its norm "
+                "(activation units); fedbn = true keeps them at the sites (docs/federation.md)")
         if not resume:
             guards.state_file.unlink(missing_ok=True)
             guards.ledger_file.unlink(missing_ok=True)
@@ -135,9 +141,14 @@ class Safeguards:
         fields: dict[str, Any] = {
             "clipped_sites": " | ".join(f"{n.site}: {n.detail}" for n in result.notes),
             "rejected_sites": " | ".join(f"{r.site}: {r.reason}" for r in rejected),
-            "norm_bound": result.bound if result.bound is not None else math.nan,
         }
-        fields.update({f"norm_{site}": value for site, value in sorted(result.norms.items())})
+        for group, prefix in ((WEIGHTS, "norm"), (STATS, "bnstats_norm")):
+            if group in result.bounds:
+                bound = result.bounds[group]
+                fields[f"{prefix}_bound"] = math.nan if bound is None else bound
+            for site, norms in sorted(result.norms.items()):
+                if group in norms:
+                    fields[f"{prefix}_{site}"] = norms[group]
         return fields
 
     # -- evaluation replies --------------------------------------------------------------------

@@ -47,13 +47,18 @@ GLOBAL = {"w": np.zeros((4, 5), np.float32), "bn.running_var": np.ones(3, np.flo
           "bn.num_batches_tracked": np.array(7, np.int64)}
 
 
-def site_arrays(step: float, seed: int = 0) -> dict[str, np.ndarray]:
-    """GLOBAL moved by a random update of norm ~ step (an honest site's fine-tuning)."""
+def _direction(rng: np.random.Generator, n: int, norm: float) -> np.ndarray:
+    d = rng.normal(size=n)
+    return d * (norm / np.linalg.norm(d))
+
+
+def site_arrays(step: float, seed: int = 0, stats_step: float | None = None) -> dict[str, np.ndarray]:
+    """GLOBAL moved by an honest site's fine-tuning: weight update of norm `step`, BatchNorm-statistics
+    update of norm `stats_step` (default `step`)."""
     rng = np.random.default_rng(seed)
     out = {k: v.copy() for k, v in GLOBAL.items()}
-    direction = rng.normal(size=23)
-    direction *= step / np.linalg.norm(direction)
-    out["w"] = (GLOBAL["w"] + direction[:20].reshape(4, 5)).astype(np.float32)
-    out["bn.running_var"] = (GLOBAL["bn.running_var"] + direction[20:]).astype(np.float32)
+    out["w"] = (GLOBAL["w"] + _direction(rng, 20, step).reshape(4, 5)).astype(np.float32)
+    stats = step if stats_step is None else stats_step
+    out["bn.running_var"] = (GLOBAL["bn.running_var"] + np.abs(_direction(rng, 3, stats))).astype(np.float32)
     out["bn.num_batches_tracked"] = np.array(9, np.int64)
     return out

@@ -12,7 +12,7 @@ from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.safeguard_settings import ScreeningSettings
 from mammo_fl.server.safeguards import Safeguards
-from mammo_fl.server.screening import histogram_problem, screen_norms, update_norm
+from mammo_fl.server.screening import STATS, WEIGHTS, group_norms, histogram_problem, screen_norms, update_norm
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.strategy import aggregate, build_strategy
 from mammo_fl.server.validate import Screened, expected_specs, screen
@@ -53,13 +53,15 @@ def test_every_train_rejection_names_the_site_and_the_cause(tmp_path, task_ident
     guards = _guards(tmp_path, action="reject")
     result, reasons = _screen_round(guards, replies)
     assert sorted(r.site for r in result.accepted) == ["a", "b", "c"]
-    assert "update norm 1000" in reasons["scaled"] and "above the bound" in reasons["scaled"]
+    assert reasons["scaled"].startswith("weight update norm 1000 above the bound")
+    assert "BatchNorm-statistics update norm 1000 above the bound" in reasons["scaled"]
     assert reasons["greedy"] == f"num-examples {2**62} exceeds screening.max-examples 1000000"
-    assert "update norm 1.342e+39" in reasons["near-max"]  # float64 norms: no overflow to inf
+    assert reasons["near-max"].startswith("weight update norm 1.342e+39")  # float64: no overflow to inf
     assert "NaN/Inf" in reasons["nan"]
     fields = guards.screening_fields(result, [r for r in result.rejected])
-    assert "scaled: update norm" in fields["rejected_sites"] and "greedy: num-examples" in fields["rejected_sites"]
-    assert fields["norm_scaled"] == pytest.approx(1000.0, rel=1e-3) and fields["norm_bound"] > 0
+    assert "scaled: weight update norm" in fields["rejected_sites"] and "greedy: num-examples" in fields["rejected_sites"]
+    assert fields["norm_scaled"] == pytest.approx(1000.0, rel=1e-3) and fields["norm_bound"] == pytest.approx(3.6)
+    assert fields["bnstats_norm_scaled"] == pytest.approx(1000.0, rel=1e-3)
 
 
 def test_clip_scales_an_update_back_onto_the_bound(tmp_path, task_identity):
@@ -68,13 +70,14 @@ def test_clip_scales_an_update_back_onto_the_bound(tmp_path, task_identity):
     result, reasons = _screen_round(_guards(tmp_path, norm_factor=3.0, action="clip"), replies)
     assert not reasons and len(result.accepted) == 3
     big = next(r for r in result.accepted if r.site == "big")
-    assert update_norm(big.arrays, GLOBAL) == pytest.approx(3.0 * 2.0, rel=1e-4)  # 3 x lower median of 1, 2, 1000
+    clipped = group_norms(big.arrays, GLOBAL)  # each group: 3 x the lower median of 1, 2, 1000
+    assert clipped[WEIGHTS] == pytest.approx(6.0, rel=1e-4) and clipped[STATS] == pytest.approx(6.0, rel=1e-4)
     direction = (big.arrays["w"] - GLOBAL["w"]).ravel()
     original = (_scaled(1000.0)["w"] - GLOBAL["w"]).ravel()
     assert np.dot(direction, original) / (np.linalg.norm(direction) * np.linalg.norm(original)) > 0.9999
     assert int(big.arrays["bn.num_batches_tracked"]) == 9  # integer buffers are not scaled
     (note,) = result.notes
-    assert note.site == "big" and note.what == "clipped" and "clipped to 6" in note.detail
+    assert note.site == "big" and note.what == "clipped" and note.detail.endswith("clipped onto the bound")
 
 
 def test_two_sites_cannot_drag_the_bound_up():
@@ -82,7 +85,20 @@ def test_two_sites_cannot_drag_the_bound_up():
     reps = [Screened(1, "a", site_arrays(1.0, 1), {"num-examples": 5}),
             Screened(2, "evil", _scaled(1000.0), {"num-examples": 5})]
     result = screen_norms(reps, GLOBAL, ScreeningSettings(norm_factor=3.0, action="reject"))
-    assert result.bound == pytest.approx(3.0, rel=1e-4) and [r.site for r in result.rejected] == ["evil"]
+    assert result.bounds[WEIGHTS] == pytest.approx(3.0, rel=1e-4) and [r.site for r in result.rejected] == ["evil"]
+
+
+def test_a_scaled_weight_update_is_seen_behind_large_batchnorm_statistics():
+    """BatchNorm statistics move far more than weights (pixel units); one norm over both would let a
+    x1000 weight update through. Each group has its own bound."""
+    honest = [Screened(i, f"h{i}", site_arrays(1.0, i, stats_step=5000.0), {"num-examples": 5}) for i in (1, 2)]
+    sneaky = site_arrays(1.0, 3, stats_step=5000.0)
+    sneaky["w"] = (GLOBAL["w"] + 1000 * (sneaky["w"] - GLOBAL["w"])).astype(np.float32)
+    assert update_norm(sneaky, GLOBAL) < 1.1 * 5000  # the whole-update norm hardly moves
+    result = screen_norms(honest + [Screened(3, "sneaky", sneaky, {"num-examples": 5})], GLOBAL,
+                          ScreeningSettings(action="reject"))
+    (rejected,) = result.rejected
+    assert rejected.site == "sneaky" and rejected.reason.startswith("weight update norm 1000 above the bound 3")
 
 
 def test_num_examples_capped_at_join_then_at_the_median_and_restored_on_resume(tmp_path, task_identity):
