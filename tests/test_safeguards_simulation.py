@@ -54,7 +54,7 @@ def test_a_scaled_site_is_rejected_by_name_and_the_run_completes(federation):
     assert list(table["round"]) == [1] and (run / "final.pt").exists()
     assert list(table["site_names"]) == ["site-1,site-2"]
     reasons = table["rejected_sites"].iloc[0]
-    assert reasons.startswith("site-3: update norm") and "above the bound" in reasons
+    assert reasons.startswith("site-3: weight update norm") and "above the bound" in reasons
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "test_faults" for e in events)
     rejected = {(e["round"], e["site"]) for e in events if e["event"] == "site_rejected"}
@@ -88,7 +88,7 @@ def test_resume_restores_the_privacy_ledger_and_join_registry(federation):
     run = federation / "run"
     table = pd.read_csv(run / "metrics.csv")
     assert list(table["round"]) == [1, 2] and table["epsilon"].is_monotonic_increasing
-    assert table["rejected_sites"].iloc[1].startswith("site-3: update norm")
+    assert table["rejected_sites"].iloc[1].startswith("site-3: weight update norm")
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     (resumed,) = [e for e in events if e["event"] == "resumed"]
     assert resumed["completed_round"] == 1 and resumed["registered_sites"] == 2
