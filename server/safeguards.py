@@ -24,7 +24,7 @@ from mammo_fl.server.screening import (
     STATS,
     WEIGHTS,
     ScreenResult,
-    nonfinite_reason,
+    invalid_model_reason,
     register,
     screen_examples,
     screen_histograms,
@@ -114,16 +114,16 @@ class Safeguards:
 
     def aggregate(self, strategy: Any, rnd: int, global_arrays: dict[str, np.ndarray],
                   accepted: list[Screened]) -> dict[str, np.ndarray]:
-        """New global weights (DP noise when on); never a non-finite model."""
+        """New global weights (DP noise when on); never a non-finite model or a negative BN variance."""
         dp = self.settings.dp
         if dp.enabled and dp.noise_at == "server":
             new = privacy.dp_aggregate(strategy, rnd, global_arrays, accepted, dp)
         else:
             self._warn_if_trimming_nothing(len(accepted))
             new = aggregate(strategy, rnd, global_arrays, accepted)
-        why = nonfinite_reason(new)
+        why = invalid_model_reason(new)
         if why is not None:
-            raise MammoError(f"round {rnd}: the aggregate of {len(accepted)} update(s) is not finite ({why}); "
+            raise MammoError(f"round {rnd}: the aggregate of {len(accepted)} update(s) is not a usable model ({why}); "
                              "nothing was checkpointed. Turn screening on or use a robust strategy, then --resume")
         if dp.enabled:
             self.ledger.record(rnd, privacy.UPDATE, privacy.update_multiplier(dp), len(accepted))

@@ -7,11 +7,12 @@ bounded num-examples, consistent evaluation histograms, and a finite aggregate.
   (the lower median, so that with two sites an attacker cannot drag the bound up) and an absolute
   `norm-max`; under central DP the whole update is also bounded by the DP clip norm. Above a bound
   an update is clipped (scaled back onto it) or rejected, per `screening.action`; the site is named
-  either way.
+  either way. A clipped update that still holds a negative BatchNorm running variance is rejected.
 - num-examples: rejected above `max-examples`; capped at what the site declared in its first
   accepted reply of the run (the join registry, kept in the run folder for --resume) and at
   `examples-factor` x the round's lower median, so a reply claiming 2**62 examples cannot take
   all the weight.
+- The aggregate: finite, and no negative BatchNorm running variance (its scores would be NaN).
 - Evaluation histograms: the requested bin count, non-negative integer counts, totals equal to
   num-examples / num-pos and at most `max-examples`.
 """
@@ -176,8 +177,13 @@ def screen_norms(accepted: list[Screened], global_arrays: Mapping[str, np.ndarra
         elif s.action == "reject":
             out.rejected.append(Rejected(rep.node, rep.site, "; ".join(why)))
         else:
-            out.notes.append(SiteNote(rep.site, "clipped", "; ".join(why) + "; clipped onto the bound"))
-            out.accepted.append(dataclasses.replace(rep, arrays=scale_update(rep.arrays or {}, global_arrays, factors)))
+            clipped = scale_update(rep.arrays or {}, global_arrays, factors)
+            bad = negative_variance(clipped)  # a direction no honest site takes, even when shortened
+            if bad:
+                out.rejected.append(Rejected(rep.node, rep.site, "; ".join(why) + f"; clipped, it still has a {bad}"))
+            else:
+                out.notes.append(SiteNote(rep.site, "clipped", "; ".join(why) + "; clipped onto the bound"))
+                out.accepted.append(dataclasses.replace(rep, arrays=clipped))
     return out
 
 
@@ -185,13 +191,22 @@ def _ratio(norm: float, median: float) -> str:
     return f"{norm / median:.3g} x" if median > 0 else "vs a zero"
 
 
-def nonfinite_reason(arrays: Mapping[str, np.ndarray]) -> str | None:
-    """Why an aggregate must not be checkpointed (NaN/Inf, e.g. float32 overflow), or None."""
+def negative_variance(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """A BatchNorm running variance below 0 (the model's scores would be NaN), or None."""
+    for key in sorted(arrays):
+        if key.endswith("running_var") and (arrays[key] < 0).any():
+            return f"BatchNorm running variance {key!r} has {int((arrays[key] < 0).sum())} negative value(s)"
+    return None
+
+
+def invalid_model_reason(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """Why an aggregate must not be checkpointed: NaN/Inf (e.g. float32 overflow) or a negative
+    BatchNorm variance (an update pushed past the sites' values), or None."""
     for key in sorted(arrays):
         arr = arrays[key]
         if is_float(arr) and not np.isfinite(arr).all():
             return f"weight {key!r} has {int((~np.isfinite(arr)).sum())} NaN/Inf value(s)"
-    return None
+    return negative_variance(arrays)
 
 
 def histogram_problem(metrics: Mapping[str, Any], bins: int, max_examples: int) -> str | None:

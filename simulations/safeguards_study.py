@@ -126,10 +126,10 @@ def _main(argv: list[str] | None) -> int:
             writer.writeheader()
             writer.writerows(rows)
     rows = [done[a] for a in ARMS if a in done]
-    print("| " + " | ".join(COLUMNS[:-2]) + " |")
-    print("|" + "---|" * (len(COLUMNS) - 2))
+    print("| " + " | ".join(COLUMNS[:-1]) + " |")
+    print("|" + "---|" * (len(COLUMNS) - 1))
     for row in rows:
-        print("| " + " | ".join(_fmt(row[c]) for c in COLUMNS[:-2]) + " |")
+        print("| " + " | ".join(_fmt(row[c])[:160] for c in COLUMNS[:-1]) + " |")
     print(f"\nresults: {table}")
     return 0
 

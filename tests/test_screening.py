@@ -156,7 +156,8 @@ def test_a_non_finite_aggregate_is_never_checkpointed(tmp_path):
     guards = Safeguards.open(s, RunDir(tmp_path), resume=False)
     top = {**GLOBAL, "w": np.full((4, 5), np.finfo(np.float32).max, np.float32)}
     reps = [Screened(i, f"s{i}", top, {"num-examples": 5}) for i in range(10)]
-    with pytest.raises(MammoError, match=r"round 4: the aggregate of 10 update\(s\) is not finite .*'w' has 20 NaN"):
+    with pytest.raises(MammoError, match=r"round 4: the aggregate of 10 update\(s\) is not a usable model "
+                                         r".*'w' has 20 NaN"):
         guards.aggregate(build_strategy(s), 4, GLOBAL, reps)
     # With screening on, one site at the float32 maximum among honest ones is clipped before aggregation.
     guards = Safeguards.open(FederationSettings(), RunDir(tmp_path), resume=False)
@@ -164,6 +165,21 @@ def test_a_non_finite_aggregate_is_never_checkpointed(tmp_path):
     screened = guards.screen_train(honest + [reps[0]], GLOBAL)
     new = guards.aggregate(build_strategy(guards.settings), 4, GLOBAL, screened.accepted)
     assert [n.site for n in screened.notes] == ["s0"] and update_norm(new, GLOBAL) < 3.0
+
+
+def test_a_negative_batchnorm_variance_is_refused(tmp_path):
+    """x1000 of an update that lowers a variance drives it below 0: refused in the aggregate (no screening),
+    and rejected by name when clipping would still leave it negative."""
+    lower = {**site_arrays(1.0, 1), "bn.running_var": np.full(3, 0.1, np.float32)}  # variance 1 -> 0.1
+    evil = {**lower, "bn.running_var": (1 - 1000 * 0.9 * np.ones(3)).astype(np.float32)}
+    reps = [Screened(1, "a", lower, {"num-examples": 5}), Screened(2, "b", lower, {"num-examples": 5}),
+            Screened(3, "evil", evil, {"num-examples": 5})]
+    off = FederationSettings(screening=ScreeningSettings(norm_factor=0.0))
+    with pytest.raises(MammoError, match="not a usable model .*'bn.running_var' has 3 negative"):
+        Safeguards.open(off, RunDir(tmp_path), resume=False).aggregate(build_strategy(off), 1, GLOBAL, reps)
+    result = screen_norms(reps, GLOBAL, ScreeningSettings(norm_factor=3.0, action="clip"))
+    (rejected,) = result.rejected
+    assert rejected.site == "evil" and "clipped, it still has a BatchNorm running variance" in rejected.reason
 
 
 @pytest.mark.parametrize("strategy,extra", [("fedmedian", {}), ("fedtrimmedavg", {"trimmed_beta": 0.34}),
