@@ -109,6 +109,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--model", type=Path, default=None, help="source model (default: mammo-sim's cached build)")
     p.add_argument("--cache-dir", type=Path, default=None)
     args = p.parse_args(argv)
+    from mammo_fl.simulations.cli import _interrupt_on_sigterm
+
+    _interrupt_on_sigterm()  # SIGTERM shuts Ray down instead of orphaning it
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
