@@ -41,7 +41,9 @@ class Stop(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mammo-client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="mammo-client", description=__doc__.splitlines()[0],
+                                epilog="mammo-client audit verify --data DIR: check the site's audit log "
+                                       "and print what left the site")
     p.add_argument("--site", required=True, help="site name shown to the coordinator (e.g. hospital-a)")
     p.add_argument("--data", required=True, type=Path, help="folder with the site's DICOM files and manifest CSV")
     p.add_argument("--server", required=True, help="coordinator address HOST:PORT (the SuperLink)")
