@@ -20,7 +20,7 @@ from typing import Any
 
 from mammo_fl.common.cli import run_cli
 
-ATTACK = {"test-faults": "site_02=scale:1000"}
+ATTACK = {"test-faults": "site_02=scale:1000", "min-sites": 2}  # a rejected site must not stop the round
 NO_SCREENING = {"screening.norm-factor": 0.0, "screening.examples-factor": 0.0}
 # DP arms keep BatchNorm at the sites (fedbn): its running statistics are not clipped into a private
 # update (their change is ~40,000 in pixel units against ~1.2 for the weights); the clip norm is about
