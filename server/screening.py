@@ -72,7 +72,7 @@ def group_norms(arrays: Mapping[str, np.ndarray], global_arrays: Mapping[str, np
     sums: dict[str, float] = {}
     for key, arr in arrays.items():
         if is_float(arr):
-            diff = arr.astype(np.float64).ravel() - global_arrays[key].astype(np.float64).ravel()
+            diff = np.subtract(arr.ravel(), global_arrays[key].ravel(), dtype=np.float64)
             sums[group_of(key)] = sums.get(group_of(key), 0.0) + float(np.dot(diff, diff))
     return {g: math.sqrt(v) for g, v in sums.items()}
 
