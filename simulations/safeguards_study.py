@@ -34,6 +34,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedavg-attack-unscreened": {**ATTACK, **NO_SCREENING},
     "fedavg-attack-screened-clip": {**ATTACK},
     "fedavg-attack-screened-reject": {**ATTACK, "screening.action": "reject"},
+    "fedavg-attack-screened-clip-2x": {**ATTACK, "screening.norm-factor": 2.0},
+    "fedavg-attack-screened-clip-1x": {**ATTACK, "screening.norm-factor": 1.0},
     "fedmedian-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "fedmedian"},
     "fedtrimmedavg-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "fedtrimmedavg", "trimmed-beta": 0.34},
     "krum-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "krum", "krum-malicious": 1},
