@@ -85,7 +85,10 @@ def run_arm(name: str, out: Path, cache_dir: Path | None, model: Path | None) ->
                                    run_config=extra)
     fed = results[results["method"] == "federated"].iloc[0]
     last = _last_row(out / name / "federated" / "seed0_n72_k3")
-    screening = "off" if extra.get("screening.norm-factor") == 0 else extra.get("screening.action", "clip")
+    from mammo_fl.server.safeguard_settings import ScreeningSettings
+
+    factor = float(extra.get("screening.norm-factor", ScreeningSettings().norm_factor))
+    screening = "off" if factor == 0 else f"{extra.get('screening.action', 'clip')} at {factor:g}x median"
     return {
         "arm": name, "strategy": extra.get("strategy", "fedavg"), "fedbn": bool(extra.get("fedbn", False)),
         "screening": screening,
