@@ -26,11 +26,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from mammo_fl.common.imaging.dicom import read_dicom
-from mammo_fl.common.imaging.cache import (
-    ImageCache,
+from mammo_fl.common.imaging.cache import IMAGE_PNG_LEVEL, ImageCache
+from mammo_fl.common.imaging.pool import available_cores
+from mammo_fl.common.imaging.png16 import write_png
+from mammo_fl.common.imaging.geometry import (
     PreprocessSettings,
-    _atomic_write_png,
-    available_cores,
     parse_size,
     preprocess_array,
     resize_image,
@@ -140,7 +140,7 @@ def bench_stages(path: Path, settings: PreprocessSettings, tmp: Path) -> dict[st
     t1 = time.perf_counter()
     array, _ = preprocess_array(img.pixels, settings)
     t2 = time.perf_counter()
-    _atomic_write_png(array, tmp / "stage.png")
+    write_png(tmp / "stage.png", array, IMAGE_PNG_LEVEL)
     t3 = time.perf_counter()
     return {"read + LUTs": t1 - t0, "geometry + resize": t2 - t1, "PNG write": t3 - t2}
 

@@ -3,7 +3,8 @@
 (a) CPU preset size (288x224, the cpu preset's trunk + top, batch 8):
     full loop  = DataLoader over cached 16-bit PNGs + augmentation + train step, vs
     step alone = train step on a pre-loaded tensor batch (no data pipeline, no augmentation);
-    images/s of each and the ratio (the data pipeline must not be the bottleneck: aim >= 0.9).
+    images/s of each and the ratio (the data pipeline must not be the bottleneck: aim >= 0.95; the loop
+    decodes and augments a batch ahead in a background thread, common/training/loops.Prefetcher).
     Variants: PNG decoding per step vs RAM-preloaded dataset; augmentation per batch on the device
     (what finetune / run_epoch do) vs per image inside the Dataset.
 (b) Peak memory of one paper-preset training step (ResNet50 + [512-512-1024]x2, 1152x896, batch 2,
@@ -14,6 +15,7 @@
     python benchmarks/bench_train.py                 # (a) + (b), ~1-2 min on 2 free cores
     python benchmarks/bench_train.py --skip-paper    # (a) only
     python benchmarks/bench_train.py --images 160 --epochs 3 --threads 0 --device cuda --paper-steps 20
+    python benchmarks/bench_train.py --skip-paper --json out.json   # {loop_images_per_s, step_images_per_s, ratio}
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import resource
 import sys
 import tempfile
@@ -29,19 +32,19 @@ from pathlib import Path
 
 import torch
 
-from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.training.datasets import WholeImageDataset
 from mammo_fl.common.utils.device import make_grad_scaler, seed_everything, select_device
 from mammo_fl.common.training.loops import make_loader, run_epoch, set_trainable, trainable_parameters
-from mammo_fl.common.pipeline.steps import top_spec
+from mammo_fl.common.pipeline.settings import load_run_settings
 
 
 def preset_spec(preset: str) -> dict:
     """The whole-image model a `mammo-train` preset builds (trunk + its selected top)."""
-    config = load_config(preset, "train", [])
-    return {"trunk": config["patch_model"]["arch"], "top": top_spec(config), "num_classes": 2, "dropout": 0.0}
+    settings = load_run_settings(preset)
+    return {"trunk": settings.patch_model.arch, "top": settings.whole_model.top_spec, "num_classes": 2, "dropout": 0.0}
 
 
+HEADLINE = "full: PNG decode + batch aug on device"  # the loop finetune runs on data too big to preload
 CPU_SPEC = preset_spec("cpu")      # resnet_tiny16 + [64-64-256]x1 x2
 PAPER_SPEC = preset_spec("paper")  # resnet50 + [512-512-1024]x2
 
@@ -54,7 +57,8 @@ def make_cached_dataset(workdir: Path, images: int, size: tuple[int, int]):
     """Synthetic manifest site (engineer B's generator) -> ImageCache PNGs, built once and reused
     from `workdir` (not timed)."""
     from mammo_fl.common.imaging.adapters.manifest import read_manifest
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache
+    from mammo_fl.common.imaging.geometry import PreprocessSettings
     from mammo_fl.common.synth import generate_dataset
 
     patients = max(2, (images + 3) // 4)
@@ -245,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     results = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
     if not args.skip_throughput:
         results["throughput"] = bench_throughput(args, device)
+        loop, step = results["throughput"][HEADLINE], results["throughput"]["step alone (pre-loaded tensors)"]
+        results.update(loop_images_per_s=loop["images_per_s"], step_images_per_s=step["images_per_s"],
+                       ratio=round(loop["images_per_s"] / step["images_per_s"], 3),
+                       load_average_1min=round(os.getloadavg()[0], 1))
+        print(f"full training loop / model step alone: {results['ratio']:.2f} "
+              f"({HEADLINE}; load average {results['load_average_1min']})")
     if not args.skip_paper:
         results["paper_step"] = bench_paper_step(args, device)
     if args.json:

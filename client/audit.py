@@ -7,6 +7,9 @@ the reply's RecordDict: a SHA-256 over its serialised records, the same id the c
 on what it received), and `prev_sha256`, the SHA-256 of the previous line. Editing, inserting or
 deleting an entry breaks the chain at the next one (`mammo-client audit verify`); the newest entry
 is only protected by recording the chain head elsewhere (`verify` prints it; `--head` checks it).
+Each entry also names the SHA-256 of the app bundle that produced the reply (`app_sha256`; None
+outside the app guard, e.g. simulation). An app bundle the site refused is logged too (status
+"refused-app", kind "app").
 
 Lines are written canonically (sorted keys, no spaces) under an exclusive file lock and fsync'ed:
 the log must survive a crash right after a send. Entries written before the chain existed
@@ -34,7 +37,14 @@ AUDIT_FILE = "audit.jsonl"
 AUDIT_VERSION = 2
 GENESIS = "0" * 64  # prev_sha256 of the first entry of a log
 # The only fields an entry has (tests check the log against this set).
-AUDIT_FIELDS = ("v", "seq", "time", "site", "run_id", "round", "kind", "status", "received", "sent", "prev_sha256")
+AUDIT_FIELDS = ("v", "seq", "time", "site", "run_id", "round", "kind", "status", "received", "sent", "prev_sha256",
+                "app_sha256")
+# Set by the app guard (client/app_guard.py) in the `flwr-clientapp` process it approved.
+APP_SHA256_ENV = "MAMMO_FL_APP_SHA256"
+
+
+def running_app_sha256() -> str | None:
+    return os.environ.get(APP_SHA256_ENV) or None
 
 
 def utc_now() -> str:
@@ -71,6 +81,8 @@ def describe_reply(reply: Any) -> dict[str, Any]:
         "sha256": reply.object_id,
         "bytes": P.recorddict_nbytes(reply),
         "metrics": _record(reply.metric_records, P.METRICS),
+        "eval": _record(reply.metric_records, P.EVAL),  # the histograms of the received model
+        "wire": _record(reply.config_records, P.WIRE),  # how the packed update below decodes
         "site_record": site,
         "weights": 0,
         "weights_sha256": None,
@@ -88,7 +100,19 @@ def build_entry(*, site: str, run_id: int, rnd: int, kind: str, received: Any, r
         "v": AUDIT_VERSION, "time": utc_now(), "site": site, "run_id": int(run_id), "round": int(rnd),
         "kind": kind, "status": sent["site_record"].get("status", P.STATUS_ERROR),
         "received": {"sha256": received.object_id, "config": _record(received.config_records, P.CONFIG)},
-        "sent": sent,
+        "sent": sent, "app_sha256": None,
+    }
+
+
+def refused_app_entry(*, site: str, run_id: int, rnd: int, kind: str, reason: str, app_sha256: str,
+                      status: str) -> dict[str, Any]:
+    """An app bundle the site refused: no work was done, only the refusal left (client/app_guard.py)."""
+    return {
+        "v": AUDIT_VERSION, "time": utc_now(), "site": site, "run_id": int(run_id), "round": int(rnd), "kind": kind,
+        "status": status, "received": {"sha256": None, "config": {}},
+        "sent": {"sha256": None, "bytes": len(reason.encode()), "metrics": {}, "eval": {}, "wire": {},
+                 "site_record": {"status": status, "error": reason}, "weights": 0, "weights_sha256": None},
+        "app_sha256": app_sha256,
     }
 
 
@@ -141,10 +165,10 @@ def append_entry(state_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def append_reply(state_dir: Path, *, site: str, run_id: int, rnd: int, kind: str, received: Any,
-                 reply: Any) -> dict[str, Any]:
+                 reply: Any, app_sha256: str | None = None) -> dict[str, Any]:
     """Log one reply (called by the ClientApp handler just before it returns the reply)."""
-    return append_entry(state_dir, build_entry(site=site, run_id=run_id, rnd=rnd, kind=kind,
-                                               received=received, reply=reply))
+    entry = build_entry(site=site, run_id=run_id, rnd=rnd, kind=kind, received=received, reply=reply)
+    return append_entry(state_dir, {**entry, "app_sha256": app_sha256})
 
 
 def read_lines(state_dir: Path) -> list[str]:

@@ -10,7 +10,8 @@ from mammo_fl.client.audit import GENESIS, line_sha256
 
 # Received-config keys worth a word (the model spec and preprocessing are long; they stay in the log).
 SHOWN_CONFIG = ("local-epochs", "lr", "weight-decay", "batch-size", "max-steps", "augment", "proximal-mu", "fedbn",
-                "hist-bins", "tta", "dp-clip-norm", "dp-site-noise", "dp-histogram-noise")
+                "hist-bins", "tta", "evaluate", "train-layers", "wire-dtype", "dp-clip-norm", "dp-site-noise",
+                "dp-histogram-noise")
 
 
 @dataclass
@@ -82,15 +83,19 @@ def describe_sent(sent: dict[str, Any]) -> str:
     """What left the site, in words (histograms summarised; their every count is in the log)."""
     parts = []
     if sent.get("weights"):
-        parts.append(f"model weights ({sent['weights']} arrays, weights SHA-256 {_short(sent.get('weights_sha256'))})")
-    metrics = dict(sent.get("metrics") or {})
-    neg, pos = metrics.pop("hist-neg", None), metrics.pop("hist-pos", None)
-    if neg is not None and pos is not None:
-        filled = sum(1 for a, b in zip(neg, pos, strict=False) if a or b)
-        parts.append(f"validation-score histograms ({len(neg)} bins, {sum(neg)} negative and {sum(pos)} positive "
-                     f"scores in {filled} non-empty bins)")
-    if metrics:
-        parts.append(", ".join(f"{k} = {_value(v)}" for k, v in sorted(metrics.items())))
+        wire = sent.get("wire") or {}
+        how = f"{wire.get('mode')} {wire.get('dtype')}, " if wire else ""
+        parts.append(f"a model update ({how}{sent['weights']} packed arrays, SHA-256 "
+                     f"{_short(sent.get('weights_sha256'))})")
+    for name in ("eval", "metrics"):  # eval: the received model's histograms; metrics: training's figures
+        metrics = dict(sent.get(name) or {})
+        neg, pos = metrics.pop("hist-neg", None), metrics.pop("hist-pos", None)
+        if neg is not None and pos is not None:
+            filled = sum(1 for a, b in zip(neg, pos, strict=False) if a or b)
+            parts.append(f"validation-score histograms ({len(neg)} bins, {sum(neg)} negative and {sum(pos)} "
+                         f"positive scores in {filled} non-empty bins)")
+        if metrics:
+            parts.append(", ".join(f"{k} = {_value(v)}" for k, v in sorted(metrics.items())))
     error = (sent.get("site_record") or {}).get("error")
     if error:
         parts.append(f"an error: {error}")

@@ -7,7 +7,7 @@ coordinator cannot make a real hospital misbehave. Faults act last, on what leav
 DP clipping: a malicious site would not clip), so the coordinator's screening is what stops them.
 
 FAULT: `nan` (a NaN in the first float weight), `delay:S` (sleep S seconds before replying),
-`scale:F` (the update w - w_global multiplied by F), `claim-examples:N` (reply num-examples = N).
+`hold:DIR` (hold the round-r training reply until DIR/round-r exists), `scale:F` (the update w - w_global multiplied by F), `claim-examples:N` (reply num-examples = N).
 """
 
 from __future__ import annotations
@@ -20,13 +20,18 @@ import numpy as np
 
 from mammo_fl.common.utils.errors import ConfigError
 
-KINDS = ("nan", "delay", "scale", "claim-examples")
+KINDS = ("nan", "delay", "hold", "scale", "claim-examples")
 
 
 @dataclass(frozen=True)
 class Fault:
     kind: str  # "" = none
     value: float = 0.0
+
+    @property
+    def changes_update(self) -> bool:
+        """The weights themselves are altered (after DP clipping: a malicious site would not clip)."""
+        return self.kind in ("nan", "scale")
 
 
 NO_FAULT = Fault("")
@@ -44,6 +49,10 @@ def parse_fault(spec: str) -> Fault:
         if raw:
             raise ConfigError(f"test fault {spec!r}: nan takes no value")
         return Fault("nan")
+    if kind == "hold":  # the reply waits in client/app.py; nothing here changes what is sent
+        if not raw:
+            raise ConfigError(f"test fault {spec!r}: hold needs a folder, e.g. hold:/tmp/release")
+        return Fault("hold")
     try:
         value = float(raw)
     except ValueError:

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mammo_fl.client.faults import simulation_faults
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
 STATE_SUBDIR = ".mammo-fl"
@@ -81,18 +80,9 @@ def load_site_images(site: SiteInfo) -> Any:
 
 def split_patients_locally(images: Any, val_fraction: float, seed: int) -> dict[str, str]:
     """Patient -> train|val, stratified by patient label (1 if any image is malignant)."""
-    per_patient = images.groupby(images["patient_id"].astype(str))["label"].max()
-    rng = np.random.default_rng(seed)
-    out: dict[str, str] = {}
-    for label in sorted(per_patient.unique()):
-        ids = sorted(per_patient.index[per_patient == label])
-        rng.shuffle(ids)
-        n_val = int(round(len(ids) * val_fraction))
-        if len(ids) >= 2:
-            n_val = min(max(n_val, 1), len(ids) - 1)  # both sides get each class when possible
-        for i, pid in enumerate(ids):
-            out[pid] = "val" if i < n_val else "train"
-    return out
+    from mammo_fl.common.imaging.splits import patient_labels, stratified_holdout
+
+    return stratified_holdout(patient_labels(images), val_fraction, seed) if len(images) else {}
 
 
 def load_or_make_split(site: SiteInfo, images: Any, val_fraction: float, seed: int) -> Any:
@@ -117,9 +107,8 @@ def load_or_make_split(site: SiteInfo, images: Any, val_fraction: float, seed: i
         saved.update(fresh)
         site.state_dir.mkdir(parents=True, exist_ok=True)
         table = pd.DataFrame(sorted(saved.items()), columns=["patient_id", "split"])
-        tmp = path.with_suffix(".tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False)
     return pd.DataFrame({"patient_id": list(saved), "split": list(saved.values())})
 
 

@@ -11,6 +11,7 @@ import math
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +50,40 @@ class Table:
             return f"  ~ round {ev.get('round')} {ev.get('kind')}: {ev.get('site')}: {ev.get('reason')}"
         if kind == "test_faults":
             return f"TEST FAULTS injected at simulated sites: {ev.get('faults')}"
-        if kind == "round_end":
-            out = []
-            if not self.header_done:
-                out.append(f"{'round':>5} {'pooled AUC':>10} {'sites':>5} {'sens':>6} {'spec':>6} "
-                           f"{'loss':>8} {'secs':>7}  per-site AUC")
-                self.header_done = True
-            sites = " ".join(f"{k[4:]}={_fmt(v)}" for k, v in sorted(ev.items()) if k.startswith("auc_"))
-            out.append(f"{ev['round']:>5} {_fmt(ev.get('pooled_auc')):>10} {ev.get('sites', 0):>5} "
-                       f"{_fmt(ev.get('sens'), 2):>6} {_fmt(ev.get('spec'), 2):>6} "
-                       f"{_fmt(ev.get('train_loss')):>8} {_fmt(ev.get('round_seconds'), 1):>7}  {sites}"
-                       + _privacy(ev))
-            return "\n".join(out)
+        if kind in ("round_end", "final_evaluation"):
+            return self._round_line(ev) + _privacy(ev)
         if kind == "failed":
             return f"run failed: {ev.get('reason')}"
         return None
+
+    def _round_line(self, ev: dict[str, Any]) -> str:
+        """Round r's training, and the AUC of the model its sites evaluated (round r-1's; `model`)."""
+        out = []
+        if not self.header_done:
+            out.append(f"{'round':>5} {'loss':>8} {'sites':>5} {'secs':>7} {'MB down/up':>11} | {'model':>7} "
+                       f"{'pooled AUC':>10} {'thresh':>6} {'sens':>6} {'spec':>6}  per-site AUC")
+            self.header_done = True
+        if ev.get("event") == "final_evaluation":
+            train = f"{'final':>5} {'':>8} {'':>5} {'':>7} {'':>11}"
+            model, prefix = ev.get("model"), ""
+        else:
+            mb = f"{_mb(ev.get('bytes_down_per_site'))}/{_mb(ev.get('bytes_up_per_site'))}"
+            train = (f"{ev['round']:>5} {_fmt(ev.get('train_loss')):>8} {ev.get('sites', 0):>5} "
+                     f"{_fmt(ev.get('round_seconds'), 1):>7} {mb:>11}")
+            model, prefix = ev.get("evaluated_model"), "eval_"
+        if model is None:
+            return "\n".join(out + [f"{train} | {'-':>7}"])
+        name = "initial" if model == 0 else f"round {model}"
+        sites = " ".join(f"{k[len(prefix) + 4:]}={_fmt(v)}" for k, v in sorted(ev.items())
+                         if k.startswith(prefix + "auc_"))
+        out.append(f"{train} | {name:>7} {_fmt(ev.get(prefix + 'pooled_auc')):>10} "
+                   f"{_fmt(ev.get(prefix + 'threshold'), 3):>6} "
+                   f"{_fmt(ev.get(prefix + 'sens'), 2):>6} {_fmt(ev.get(prefix + 'spec'), 2):>6}  {sites}")
+        return "\n".join(out)
+
+
+def _mb(v: Any) -> str:
+    return "-" if v is None else f"{float(v) / 1e6:.1f}"
 
 
 def _privacy(ev: dict[str, Any]) -> str:
@@ -79,8 +99,11 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return f"{float(v):.{digits}f}"
 
 
-def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen) -> dict[str, Any]:
-    """Print events until the run ends; return status.json (or a synthetic failure)."""
+def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess.Popen,
+               tick: Callable[[], list[str]] | None = None) -> dict[str, Any]:
+    """Print events until the run ends; return status.json (or a synthetic failure).
+
+    `tick` is called every loop (proxy supervision, refused keys); its lines are printed."""
     table = Table()
     offset = rundir.events.stat().st_size if rundir.events.exists() else 0  # --resume: only new events
     started_at = time.monotonic()
@@ -100,6 +123,8 @@ def follow_run(rundir: RunDir, flwr_run: subprocess.Popen, superlink: subprocess
                     text = table.line(ev)
                     if text:
                         say(text)
+        for text in tick() if tick is not None else []:
+            say(text)
         status = _read_status(rundir)
         if status and status.get("launch_id") != rundir.launch_id:
             status = None

@@ -41,9 +41,10 @@ class GlobalModel:
             bn_prefixes=P.batchnorm_prefixes(ckpt.model),
         )
 
-    def exchanged_keys(self, fedbn: bool) -> list[str]:
-        """Keys the sites send back (FedBN: everything but BatchNorm weights and statistics)."""
-        return sorted(k for k in self.arrays if not (fedbn and P.is_batchnorm_key(k, self.bn_prefixes)))
+    def exchanged_keys(self, fedbn: bool, train_layers: str = "all") -> list[str]:
+        """Keys a round can change and the sites send back: the trained layers' arrays (FedBN: minus
+        BatchNorm weights and statistics)."""
+        return P.exchanged_keys(self.arrays, self.bn_prefixes, train_layers, fedbn)
 
     def save(self, path: Path, provenance: dict[str, Any], metrics: dict[str, Any]) -> None:
         import torch

@@ -25,7 +25,7 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
         if not args.config.is_file():
             raise ConfigError(f"config file not found: {args.config}")
         _merge(config, load_toml(args.config), str(args.config))
-    config = apply_overrides(config, args.overrides)
+    config = apply_overrides(config, [flat_override(item, config) for item in args.overrides])
     config["initial-model"] = str(args.model.resolve())
     config["out-dir"] = str(rundir)
     config["resume"] = bool(args.resume)
@@ -39,11 +39,15 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
 
 
 def _merge(config: dict[str, Any], new: dict[str, Any], source: str, prefix: str = "") -> None:
-    """Override known keys in place; a [dp]/[screening] table overrides only the keys it lists."""
+    """Override known keys in place. A [dp]/[screening] table overrides only the keys it lists (they are
+    tables in the preset too); any other table is a section of flat keys (`[operating-point] specificity`
+    -> `operating-point-specificity`)."""
     for key, value in new.items():
-        if key not in config:
+        if isinstance(value, dict) and not isinstance(config.get(key), dict):
+            _merge(config, {f"{key}-{k}": v for k, v in value.items()}, source, prefix)
+        elif key not in config:
             raise ConfigError(f"{source}: unknown federation setting {prefix + key!r}")
-        if isinstance(config[key], dict) and isinstance(value, dict):
+        elif isinstance(config[key], dict) and isinstance(value, dict):
             _merge(config[key], value, source, f"{prefix}{key}.")
         else:
             config[key] = value
@@ -51,3 +55,12 @@ def _merge(config: dict[str, Any], new: dict[str, Any], source: str, prefix: str
 
 def write_run_config(config: dict[str, Any], path: Path) -> None:
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
+
+
+def flat_override(item: str, config: dict[str, Any]) -> str:
+    """`operating-point.specificity=0.95` -> `operating-point-specificity=0.95` where the flat key exists:
+    Flower's run config is flat and dashed, the user-facing form may use a section."""
+    key, sep, value = item.partition("=")
+    flat = key.strip().replace(".", "-")
+    return f"{flat}{sep}{value}" if "." in key and flat in config else item
+

@@ -11,26 +11,22 @@ import csv
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from mammo_fl.common.utils.atomic import atomic_path, atomic_write_text
 from mammo_fl.common.utils.errors import MammoError
 
+# One row per global model: round 0 = the initial model, round r = round_r.pt. Its AUC columns come from
+# the next round's replies or the final evaluation (`evaluated_by`); server/round_rows.py.
 BASE_COLUMNS = [
     "round", "pooled_auc", "sites", "eval_sites", "sens", "spec", "threshold", "n_pos", "n_neg", "train_loss",
     "round_seconds", "max_site_train_seconds", "sum_site_train_seconds", "overhead_seconds", "evaluate_seconds",
-    "bytes_to_each_site", "bytes_from_sites",
+    "bytes_down_per_site", "bytes_up_per_site",
     "rejected", "site_names",
+    "evaluated_by", "max_site_eval_seconds", "max_site_seconds", "wire",
 ]
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _json_safe(value: Any) -> Any:
@@ -152,13 +148,11 @@ class RunDir:
         atomic_write_text(self.metrics_json, json.dumps(_json_safe(rows), indent=1))
         site_cols = sorted({k for r in rows for k in r if k not in BASE_COLUMNS})
         columns = BASE_COLUMNS + site_cols
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.csv.", dir=self.root)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(self.metrics_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns, restval="")
             writer.writeheader()
             for r in rows:
                 writer.writerow({k: ("" if v is None else v) for k, v in _json_safe(r).items() if k in columns})
-        os.replace(tmp, self.metrics_csv)
         self._plot(rows)
 
     def _plot(self, rows: list[dict[str, Any]]) -> None:

@@ -19,7 +19,8 @@ import numpy as np
 
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.server import privacy
-from mammo_fl.server.rundir import RunDir, atomic_write_text
+from mammo_fl.common.utils.atomic import atomic_write_text
+from mammo_fl.server.rundir import RunDir
 from mammo_fl.server.screening import (
     STATS,
     WEIGHTS,
@@ -83,19 +84,23 @@ class Safeguards:
         guards.ledger = privacy.PrivacyLedger.load(guards.ledger_file)
         return guards
 
-    def commit(self) -> None:
+    def state(self) -> dict[str, Any]:
+        """A snapshot for the round's commit (written in the background while the next round runs)."""
+        return {"registry": dict(self.registry), "strategy_params": strategy_params(self.settings)}
+
+    def commit(self, state: dict[str, Any] | None = None) -> None:
         """Written with the round's checkpoint, before state.json (the resume marker)."""
-        state = {"registry": self.registry, "strategy_params": strategy_params(self.settings)}
-        atomic_write_text(self.state_file, json.dumps(state, indent=1, sort_keys=True))
+        atomic_write_text(self.state_file, json.dumps(state or self.state(), indent=1, sort_keys=True))
 
     def restored(self) -> dict[str, int]:
         return {"registered_sites": len(self.registry), "privacy_releases": len(self.ledger.releases)}
 
     # -- what arrived ----------------------------------------------------------------------------
-    def witness(self, rnd: int, kind: str, replies: dict[int, Any]) -> None:
+    def witness(self, rnd: int, kind: str, replies: dict[int, Any], names: dict[int, str] | None = None) -> None:
         """Log the SHA-256 object id of every reply's content: the same digest the site's audit log
-        records as `sent.sha256`, so the two records can be matched entry by entry."""
-        digests = {site_of(reply, node): reply.content.object_id
+        records as `sent.sha256`, so the two records can be matched entry by entry (`names`: registered
+        node -> site names, server/site_nodes.py)."""
+        digests = {site_of(reply, node, names): reply.content.object_id
                    for node, reply in sorted(replies.items()) if not reply.has_error()}
         if digests:
             self.rundir.event("reply_digests", round=rnd, kind=kind, digests=digests)

@@ -11,7 +11,14 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mammo_fl.common.federation.round_config import coerce_value, finetune_from_keys, finetune_to_keys
+from mammo_fl.common.evaluation.operating_point import Target, target_from_settings
+from mammo_fl.common.federation.round_config import (
+    check_train_layers,
+    coerce_value,
+    finetune_from_keys,
+    finetune_to_keys,
+)
+from mammo_fl.common.federation.wire import check_wire_dtype
 from mammo_fl.common.federation.strategies import check_strategy
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
@@ -34,6 +41,8 @@ class FederationSettings:
     start_sites: int = 0  # sites to wait for before round 1 (0 = min-sites); after site-wait-timeout min-sites do
     strategy: str = "fedavg"
     fedbn: bool = False
+    train_layers: str = "all"  # all | top | head: what the sites fine-tune (frozen layers never travel)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: deltas on the wire (common/federation/wire.py)
     # local fine-tuning hyperparameters (run-config keys: common/federation/round_config.FINETUNE_KEYS);
     # `proximal-mu` is sent to the sites only with strategy fedprox
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(proximal_mu=0.01))
@@ -56,12 +65,18 @@ class FederationSettings:
     round_retries: int = 2
     # evaluation
     hist_bins: int = 1000
-    threshold: float = 0.5
+    threshold: float = 0.5  # fixed threshold, used only when both operating-point targets are 0
+    # operating point chosen each round on the pooled histograms (common/evaluation/operating_point.py):
+    # a sensitivity target (> 0) wins over the specificity target
+    operating_point_specificity: float = 0.9
+    operating_point_sensitivity: float = 0.0
     evaluate_initial: bool = True
     resume: bool = False
     launch_id: str = ""  # set by mammo-server: tags events/status so a stale ServerApp is ignored
     # simulation: site folders are the sorted subfolders of sites-dir
     sites_dir: str = ""
+    # deployment with registered sites: node id -> site name file (set by mammo-server; "" = lab mode)
+    site_nodes: str = ""
     # test-only, simulation only: "SITE=FAULT[;SITE=FAULT]" (client/faults.py); deployed sites choose their own
     test_faults: str = ""
     # safeguards: `screening.*` and `dp.*` run-config keys (server/safeguard_settings.py)
@@ -102,8 +117,15 @@ class FederationSettings:
         mu = self.finetune.proximal_mu if self.strategy == "fedprox" else 0.0
         return dataclasses.replace(self.finetune, proximal_mu=mu)
 
+    def operating_target(self) -> Target:
+        return target_from_settings(self.operating_point_specificity, self.operating_point_sensitivity,
+                                    self.threshold)
+
     def check(self) -> None:
+        self.operating_target()  # targets and threshold in [0, 1]
         check_strategy(self.strategy)
+        check_train_layers(self.train_layers)
+        check_wire_dtype(self.wire_dtype)
         if self.num_server_rounds < 1:
             raise ConfigError("num-server-rounds must be >= 1")
         if self.min_sites < 1:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.validate import Screened
 
@@ -99,16 +100,23 @@ class _Reply:
         return False
 
 
-def save_strategy_state(strategy: Any, path: Path) -> None:
-    """FedOpt moments (m_t, v_t) -> npz; other strategies are stateless between rounds."""
+def strategy_snapshot(strategy: Any) -> dict[str, np.ndarray]:
+    """FedOpt moments (m_t, v_t) as flat `name/key` arrays; Flower's FedOpt replaces these dicts every
+    round (it never updates them in place), so the references stay valid while a commit writes them."""
     arrays: dict[str, np.ndarray] = {}
     for name in ("m_t", "v_t"):
         moments = getattr(strategy, name, None)
         for k, v in (moments or {}).items():
             arrays[f"{name}/{k}"] = np.asarray(v)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    return arrays
+
+
+def save_strategy_state(strategy: Any, path: Path) -> None:
+    """FedOpt moments (m_t, v_t) -> npz (a strategy or its `strategy_snapshot`); other strategies are
+    stateless between rounds."""
+    arrays = strategy if isinstance(strategy, dict) else strategy_snapshot(strategy)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def load_strategy_state(strategy: Any, path: Path) -> int:

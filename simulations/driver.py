@@ -33,18 +33,16 @@ def default_cache_dir() -> Path:
 
 def _prepare_images(target: TargetData, preprocessing: dict[str, Any], cache_root: Path, record: dict) -> tuple:
     """Build the image cache at the source model's geometry; unreadable images are skipped and reported."""
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache, filter_readable
+    from mammo_fl.common.imaging.geometry import PreprocessSettings
 
     cache = ImageCache(cache_root / "images", PreprocessSettings.from_dict(preprocessing))
-    report = cache.build(target.images["image_path"].astype(str).tolist(), progress=True)
-    skipped = {str(p) for p, _ in report.skipped}
-    if report.skipped:
-        for path, reason in report.skipped[:10]:
-            print(f"mammo-sim: skipped {path}: {reason}")
-        if len(report.skipped) > 10:
-            print(f"mammo-sim: ... and {len(report.skipped) - 10} more skipped images")
-    record["skipped_images"] = [{"path": str(p), "reason": r} for p, r in report.skipped]
-    images = target.images[~target.images["image_path"].astype(str).isin(skipped)].reset_index(drop=True)
+    images, skipped = filter_readable(target.images, cache, progress=True)
+    for path, reason in skipped[:10]:
+        print(f"mammo-sim: skipped {path}: {reason}")
+    if len(skipped) > 10:
+        print(f"mammo-sim: ... and {len(skipped) - 10} more skipped images")
+    record["skipped_images"] = [{"path": path, "reason": reason} for path, reason in skipped]
     return cache, images
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mammo_fl.common.imaging.splits import shuffled_strata
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
 SCHEMES = ("iid", "vendor", "label", "site")
@@ -39,6 +40,11 @@ def patient_table(images: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def _labels(patients: pd.DataFrame) -> pd.Series:
+    """The patient table's label column indexed by patient id (table order kept)."""
+    return pd.Series(patients["label"].to_numpy(), index=patients["patient_id"].astype(str).to_numpy())
+
+
 def _stratified_order(patients: pd.DataFrame, rng: np.random.Generator) -> list[str]:
     """A random patient order whose every prefix keeps the class ratio (nested subsets).
 
@@ -46,9 +52,7 @@ def _stratified_order(patients: pd.DataFrame, rng: np.random.Generator) -> list[
     classes are merged by rank, with a random tie-break.
     """
     keyed: list[tuple[float, float, str]] = []
-    for _, group in patients.groupby("label", sort=True):
-        ids = group["patient_id"].astype(str).to_numpy()
-        ids = ids[rng.permutation(len(ids))]
+    for _, ids in shuffled_strata(_labels(patients), rng):
         for i, pid in enumerate(ids):
             keyed.append(((i + 0.5) / len(ids), rng.random(), pid))
     keyed.sort()
@@ -125,12 +129,10 @@ def _partition_by_group(patients: pd.DataFrame, column: str, k: int, rng: np.ran
 def _partition_label_skew(patients: pd.DataFrame, k: int, rng: np.random.Generator, alpha: float) -> dict[str, int]:
     """Label skew: each class is spread over sites with Dirichlet(alpha) proportions."""
     out: dict[str, int] = {}
-    for _, group in patients.groupby("label", sort=True):
-        ids = group["patient_id"].astype(str).to_numpy()
-        ids = ids[rng.permutation(len(ids))]
+    for _, ids in shuffled_strata(_labels(patients), rng):
         props = rng.dirichlet([alpha] * k)
         cuts = np.round(np.cumsum(props)[:-1] * len(ids)).astype(int)
-        for site, chunk in enumerate(np.split(ids, cuts)):
+        for site, chunk in enumerate(np.split(np.asarray(ids), cuts)):
             for pid in chunk:
                 out[str(pid)] = site
     # Dirichlet draws can leave a site empty: move one patient from the largest site.

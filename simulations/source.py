@@ -1,6 +1,6 @@
 """The source model: a given whole-image checkpoint, or one built once and cached.
 
-With no `--model`, the pipeline's training preset (`mammo-train run --preset cpu`) is run
+With no `--model`, the training pipeline (what `mammo-train run --preset cpu` runs) is run
 on synthetic DDSM-like data, and the resulting whole-image checkpoint is cached under
 `<cache>/source/<hash>/source.pt`, where the hash covers the training config (after
 overrides) and the synthetic data settings. A second run with the same settings starts at
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mammo_fl.common.models.checkpoint import read_checkpoint_meta
+from mammo_fl.common.utils.atomic import atomic_path, atomic_write_json
 from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
 from mammo_fl.simulations.settings import SourceSettings, config_hash
 
@@ -61,9 +62,9 @@ def given_source(path: Path) -> SourceModel:
 
 def source_cache_key(settings: SourceSettings) -> tuple[str, dict[str, Any]]:
     """Hash of everything that shapes the built model: training config and synthetic data settings."""
-    from mammo_fl.common.utils.config import load_config
+    from mammo_fl.common.pipeline.settings import load_run_settings
 
-    train_config = load_config(settings.train_preset, "train", list(settings.overrides))
+    train_config = load_run_settings(settings.train_preset, settings.overrides).source  # validated
     payload = {"train": train_config, "data": {
         "patients": settings.patients, "seed": settings.seed,
         "height": settings.image_height, "width": settings.image_width,
@@ -94,7 +95,7 @@ def resolve_source_model(model: Path | None, settings: SourceSettings, cache_roo
 
 
 def build_source_model(settings: SourceSettings, folder: Path, key: str, payload: dict[str, Any]) -> SourceModel:
-    """Synthetic DDSM-like data -> mammo-train run -> whole-image checkpoint, cached atomically."""
+    """Synthetic DDSM-like data -> training pipeline -> whole-image checkpoint, cached atomically."""
     from mammo_fl.simulations.synthetic import make_synthetic_index
 
     start = time.perf_counter()
@@ -112,8 +113,8 @@ def build_source_model(settings: SourceSettings, folder: Path, key: str, payload
     run_dir = work / "train"
     checkpoint = _train_whole_image(index_dir, run_dir, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(checkpoint, folder / (SOURCE_FILE + ".tmp"))
-    (folder / (SOURCE_FILE + ".tmp")).replace(folder / SOURCE_FILE)
+    with atomic_path(folder / SOURCE_FILE) as tmp:
+        shutil.copy2(checkpoint, tmp)
     # Keep the training run's reports (metrics, ROC, patch model) next to the model; the bulky
     # synthetic DICOMs and caches go.
     kept = folder / "train_run"
@@ -124,7 +125,7 @@ def build_source_model(settings: SourceSettings, folder: Path, key: str, payload
     seconds = time.perf_counter() - start
     details = {"cache_key": key, "config": payload, "build_seconds": round(seconds, 1), "train_run": str(kept),
                "source_metrics": _headline_metrics(kept / "metrics.json")}
-    (folder / META_FILE).write_text(json.dumps(details, indent=2, default=str))
+    atomic_write_json(folder / META_FILE, details, indent=2, default=str)
     meta = _whole_image_meta(folder / SOURCE_FILE)
     return SourceModel(path=(folder / SOURCE_FILE).resolve(), preprocessing=meta["preprocessing"],
                        model_spec=meta["model_spec"], built=True, cache_key=key, build_seconds=seconds,
@@ -141,21 +142,19 @@ def _headline_metrics(path: Path) -> dict[str, Any]:
 
 
 def _train_whole_image(index_dir: Path, run_dir: Path, settings: SourceSettings) -> Path:
-    """Run the pipeline's `mammo-train run` in-process and return its whole-image checkpoint."""
-    from mammo_fl.common.cli import train as train_cli
+    """Run the training pipeline (what `mammo-train run` runs) and return its whole-image checkpoint."""
+    from mammo_fl.common.pipeline.rundir import open_run
+    from mammo_fl.common.pipeline.settings import load_run_settings
+    from mammo_fl.common.pipeline.steps import run_pipeline
 
-    argv = ["run", "--preset", settings.train_preset, "--data", str(index_dir), "--out", str(run_dir)]
-    for override in settings.overrides:
-        argv += ["--set", override]
-    code = train_cli._main(argv) if hasattr(train_cli, "_main") else train_cli.main(argv)
-    if code not in (0, None):
-        raise MammoError(f"mammo-train run failed with status {code} while building the source model")
+    run_settings = load_run_settings(settings.train_preset, settings.overrides)
+    run_pipeline(open_run(run_settings, index_dir, run_dir))
     return find_whole_image_checkpoint(run_dir)
 
 
 def find_whole_image_checkpoint(run_dir: Path) -> Path:
     """The final whole-image checkpoint of a mammo-train run folder (RUNDIR/whole_image.pt)."""
-    from mammo_fl.common.pipeline.steps import RunPaths
+    from mammo_fl.common.pipeline.rundir import RunPaths
 
     path = RunPaths(run_dir).whole_model
     if not path.is_file():

@@ -36,3 +36,14 @@ def synth_sites(tmp_path_factory):
 
     return tiny_dataset("manifest", tmp_path_factory.mktemp("synth_sites"), patients=9, seed=13, sites=3,
                         prevalence=0.5)
+
+
+@pytest.fixture()
+def task_identity():
+    """Real Messages need Flower's task context (set by flwr-serverapp / flwr-clientapp in production)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old

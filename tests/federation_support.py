@@ -62,17 +62,26 @@ def _env() -> dict[str, str]:
     return env
 
 
-def start_client(site: Path, server: str, log: Path, *extra: str, name: str | None = None) -> subprocess.Popen:
+SMALL_SITE_CONFIG = Path(__file__).with_name("site_small.toml")  # test sites are small: evaluate anyway
+
+
+def start_client(site: Path, server: str, log: Path, *extra: str, name: str | None = None,
+                 security: tuple[str, ...] = ("--insecure",), config: Path | None = SMALL_SITE_CONFIG) -> subprocess.Popen:
+    """mammo-client for `site`; `security` = ("--ca", CA, "--key", KEY) for a deployed coordinator;
+    `config` = the site policy file (None: the defaults of common/presets/site.toml)."""
+    policy = ["--config", str(config)] if config is not None else []
     cmd = [str(BIN / "mammo-client"), "--site", name or site.name, "--data", str(site), "--server", server,
-           "--insecure", "--cache-workers", "1", "--num-threads", "1", *extra]
+           *security, *policy, "--cache-workers", "1", "--num-threads", "1", *extra]
     with open(log, "ab") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), preexec_fn=_die_with_parent)
 
 
 def start_server(model: Path, out: Path, address: str, rounds: int, min_sites: int, log: Path,
-                 settings: list[str], resume: bool = False) -> subprocess.Popen:
+                 settings: list[str], resume: bool = False,
+                 security: tuple[str, ...] = ("--insecure",)) -> subprocess.Popen:
+    """mammo-server; `security` = ("--home", HOME) for a deployed coordinator (TLS, keys, proxy)."""
     cmd = [str(BIN / "mammo-server"), "--model", str(model), "--rounds", str(rounds), "--min-sites", str(min_sites),
-           "--out", str(out), "--address", address, "--insecure"]
+           "--out", str(out), "--address", address, *security]
     for item in settings:
         cmd += ["--set", item]
     if resume:

@@ -7,6 +7,7 @@ Import: `from model_fixtures import whole_image_set, TINY_WHOLE_SPEC` (tests/ is
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,21 @@ import pytest
 import torch
 from data_fixtures import breast_phantom, disc_mask, write_dicom
 
-from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+from mammo_fl.common.imaging.cache import ImageCache
+from mammo_fl.common.imaging.geometry import PreprocessSettings
+
+
+# Torch threads of the model tests: 1 by default (on 2 cores shared by many processes, 2 OpenMP threads
+# spin-wait on each other, measured 25x slower than 1 thread under load). MAMMO_TEST_THREADS=2 runs them
+# with 2, to check that the learning tests' margins hold for another summation order.
+TEST_THREADS = max(1, int(os.environ.get("MAMMO_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
-    """Import into a test module to make it autouse there: on 2 cores shared by many processes, 2 OpenMP
-    threads spin-wait on each other (measured 25x slower than 1 thread under load)."""
+    """Import into a test module to make it autouse there (sets TEST_THREADS torch threads)."""
     old = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(old)
 

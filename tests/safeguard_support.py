@@ -20,15 +20,39 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
-def train_reply(site: str, arrays: dict[str, np.ndarray], num_examples: int = 10):
+def train_reply(site: str, arrays: dict[str, np.ndarray], num_examples: int = 10, wire: str = "fp32"):
+    """A site's training reply as it travels (issue 18): the delta of `arrays` against GLOBAL, packed."""
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
+    from mammo_fl.common.federation import wire as W
+
+    record, meta = P.packed_to_records(W.pack_delta(arrays, GLOBAL, W.Layout.of(GLOBAL), wire))
     content = RecordDict({
-        P.ARRAYS: P.numpy_to_arrayrecord(arrays),
+        P.ARRAYS: record,
+        P.WIRE: ConfigRecord(meta),
         P.METRICS: MetricRecord({"num-examples": num_examples, "train-loss": 0.5, "train-seconds": 1.0}),
         P.SITE: ConfigRecord({"site": site, "status": P.STATUS_OK}),
     })
     return Message(content, 1, "train")
+
+
+def screen_train(replies: dict) -> tuple[list, list]:
+    """The coordinator's screening of training replies: (accepted, rejected), updates decoded against GLOBAL."""
+    from mammo_fl.server.downlink import Downlink
+    from mammo_fl.server.validate import expected_specs, screen
+
+    down = Downlink(GLOBAL, sorted(GLOBAL), "fp32")
+    got = screen(replies, train=True, evaluate=False, expected=expected_specs(GLOBAL, sorted(GLOBAL)),
+                 decode=down.decode_update)
+    return got.train, got.rejected_train
+
+
+def screen_eval(replies: dict) -> tuple[list, list]:
+    """The coordinator's screening of the evaluations in replies: (accepted, rejected)."""
+    from mammo_fl.server.validate import screen
+
+    got = screen(replies, train=False, evaluate=True)
+    return got.evals, got.rejected_eval
 
 
 def eval_reply(site: str, neg: list, pos: list, num_examples: int | None = None, num_pos: int | None = None):
@@ -39,7 +63,7 @@ def eval_reply(site: str, neg: list, pos: list, num_examples: int | None = None,
         "num-pos": int(sum(pos)) if num_pos is None else num_pos,
         "hist-neg": neg, "hist-pos": pos, "eval-seconds": 1.0,
     }
-    content = RecordDict({P.METRICS: MetricRecord(metrics), P.SITE: ConfigRecord({"site": site, "status": "ok"})})
+    content = RecordDict({P.EVAL: MetricRecord(metrics), P.SITE: ConfigRecord({"site": site, "status": "ok"})})
     return Message(content, 1, "evaluate")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from mammo_fl.common.imaging.adapters import build_index
 from mammo_fl.common.imaging.adapters.cbis_ddsm import read_case_csv
 from mammo_fl.common.utils.errors import ConfigError, DataError
 from mammo_fl.common.imaging.index import load_index, write_index
-from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+from mammo_fl.common.imaging.cache import ImageCache
+from mammo_fl.common.imaging.geometry import PreprocessSettings
 
 CASES = [
     cbis_case("P_00001", "LEFT", "CC", "mass", "Training", 1, "MALIGNANT"),
@@ -172,7 +174,8 @@ def test_cli_index_split_preprocess(tmp_path, capsys):
                            "--min-side", "16", "--quiet")
     assert code == 0 and "images: 3 cached (3 new)" in out and "masks: 5 cached" in out and "mean grey" in out
     key = PreprocessSettings(32, 24, "paper").key()
-    assert (idx / "cache" / key / "stats.json").is_file()
+    assert len(list((idx / "cache" / key / "images").rglob("*.png"))) == 3
+    assert re.search(r"mean grey \(0\.\.255\) over train split \(\d+ images\): \d+\.\d\d", out)
     code, out, _ = run_cli(capsys, "preprocess", "--index", str(idx), "--size", "32x24", "--workers", "1",
                            "--min-side", "16", "--quiet")
     assert code == 0 and "images: 3 cached (0 new)" in out  # idempotent

@@ -28,12 +28,22 @@ from mammo_fl.common.utils.errors import DataError
 
 
 def _records(rnd: int, loss: float = 0.5):
+    """A request and the reply to it as they travel (issue 18): packed model down, packed delta + the
+    received model's evaluation + the training figures up."""
     from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-    received = RecordDict({P.ARRAYS: P.numpy_to_arrayrecord({"w": np.ones(3, np.float32)}),
+    from mammo_fl.common.federation import wire as W
+
+    model = {"w": np.ones(3, np.float32)}
+    down, down_meta = P.packed_to_records(W.pack_full(model, W.Layout.of(model)))
+    up, up_meta = P.packed_to_records(W.pack_delta({"w": np.full(3, 1.5, np.float32)}, model, W.Layout.of(model),
+                                                   "fp32"))
+    received = RecordDict({P.ARRAYS: down, P.WIRE: ConfigRecord(down_meta),
                            P.CONFIG: ConfigRecord({"server-round": rnd, "lr": 2e-4, "dp-clip-norm": 1.0})})
-    reply = RecordDict({P.ARRAYS: P.numpy_to_arrayrecord({"w": np.full(3, 1.5, np.float32)}),
+    reply = RecordDict({P.ARRAYS: up, P.WIRE: ConfigRecord(up_meta),
                         P.METRICS: MetricRecord({"num-examples": 12, "train-loss": loss, "train-seconds": 3.0}),
+                        P.EVAL: MetricRecord({"num-examples": 3, "num-pos": 1, "hist-neg": [2, 0], "hist-pos": [0, 1],
+                                              "eval-seconds": 1.0}),
                         P.SITE: ConfigRecord({"site": "h1", "status": "ok"})})
     return received, reply
 
@@ -56,12 +66,14 @@ def test_entries_are_chained_and_hold_what_left_the_site(tmp_path):
     first = entries[0]
     assert first["sent"]["sha256"] == reply.object_id and first["received"]["sha256"] == received.object_id
     assert first["sent"]["metrics"] == {"num-examples": 12, "train-loss": 0.5, "train-seconds": 3.0}
-    assert first["sent"]["weights_sha256"] == P.arrays_sha256({"w": np.full(3, 1.5, np.float32)})
+    assert first["sent"]["weights_sha256"] == P.arrays_sha256(P.arrayrecord_to_numpy(reply[P.ARRAYS]))
+    assert first["sent"]["eval"]["hist-pos"] == [0, 1] and first["sent"]["wire"]["mode"] == "delta"
     assert first["received"]["config"]["lr"] == 2e-4 and first["sent"]["bytes"] == P.recorddict_nbytes(reply)
     report = verify_chain(read_lines(tmp_path))
     assert report.intact and report.head == line_sha256(lines[-1]) and len(report.entries) == 3
     words = describe_entry(first)
-    assert "round 1, train" in words and "num-examples = 12" in words and "model weights (1 arrays" in words
+    assert "round 1, train" in words and "num-examples = 12" in words and "a model update (delta fp32, 2 packed" in words
+    assert "histograms (2 bins, 2 negative and 1 positive scores" in words
     assert "lr = 0.0002" in words and "dp-clip-norm = 1 " in words
 
 
@@ -163,23 +175,33 @@ def test_client_handler_logs_its_error_reply_without_paths(tmp_path, task_identi
 
     from mammo_fl.client.app import handle
 
+    from mammo_fl.common.federation import wire as W
+    from mammo_fl.common.federation.round_config import RoundConfig
+    from mammo_fl.common.models import build_model
+
     data = tmp_path / "hospital-x-data"
     data.mkdir()
     state = tmp_path / "state"
-    arrays = {"w": np.ones((2, 2), np.float32)}
-    msg = Message(RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(arrays),
-                              P.CONFIG: ConfigRecord({"server-round": 3})}), 9, "train")
+    spec = {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[8, 1]]}, "num_classes": 2}
+    arrays = P.state_to_numpy(build_model("whole_image", spec).state_dict())
+    packed = W.pack_full(arrays, W.Layout.of(arrays))
+    record, meta = P.packed_to_records(packed)
+    rc = RoundConfig(server_round=3, fed_id="f", model_kind="whole_image", model_spec=spec,
+                     preprocessing={"height": 64, "width": 48, "mode": "paper", "mean": 40.0}, evaluate=True)
+    msg = Message(RecordDict({P.ARRAYS: record, P.CONFIG: rc.to_record(),
+                              P.WIRE: ConfigRecord({**meta, "base": "", "target": W.arrays_digest(arrays)})}),
+                  9, "train")
     ctx = Context(run_id=5, node_id=9, node_config={"site": "h-x", "data-dir": str(data), "state-dir": str(state)},
                   state=RecordDict(), run_config={})
     reply = handle(msg, ctx, "train")
     site = reply.content.config_records[P.SITE]
     assert site["site"] == "h-x" and site["status"] == P.STATUS_ERROR
-    assert site["error"].startswith("DataError:") and str(data) not in site["error"]
+    assert site["error"] == "data-error"  # a fixed code: no message, path or value leaves the site
     assert not reply.content.array_records  # nothing else leaves the site
     (entry,) = read_entries(state)
     assert set(entry) == set(AUDIT_FIELDS)
     assert (entry["site"], entry["round"], entry["kind"], entry["status"]) == ("h-x", 3, "train", "error")
     assert entry["sent"]["weights_sha256"] is None and entry["sent"]["bytes"] == P.recorddict_nbytes(reply.content)
     assert entry["sent"]["sha256"] == reply.content.object_id and entry["sent"]["site_record"]["error"] == site["error"]
-    assert entry["received"]["config"] == {"server-round": 3}
+    assert entry["received"]["config"]["server-round"] == 3
     assert str(data) in (state / "client.log").read_text()  # details stay local

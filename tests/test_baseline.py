@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture: MAMMO_TEST_THREADS threads)
 
 from mammo_fl.common.pipeline.baseline import (
     BaselineSettings,
@@ -15,15 +16,6 @@ from mammo_fl.common.pipeline.baseline import (
 )
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.common.models import build_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP oversubscription (20x slower under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_region_features_measure_the_largest_region() -> None:

@@ -9,9 +9,11 @@ import torch
 from model_fixtures import one_torch_thread, whole_image_set  # noqa: F401 (autouse fixture)
 from PIL import Image
 
-from mammo_fl.common.training.datasets import PatchDataset, WholeImageDataset, filter_readable, read_png16, split_augmentation
+from mammo_fl.common.imaging.cache import filter_readable
+from mammo_fl.common.imaging.png16 import read_png16
+from mammo_fl.common.training.datasets import PatchDataset, WholeImageDataset, split_augmentation
 from mammo_fl.common.utils.errors import DataError, MammoError
-from mammo_fl.common.imaging.cache import to_model_input
+from mammo_fl.common.imaging.geometry import to_model_input
 
 
 def test_whole_image_dataset_yields_model_input(tmp_path) -> None:

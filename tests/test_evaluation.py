@@ -11,7 +11,13 @@ from model_fixtures import TINY_WHOLE_SPEC, one_torch_thread, whole_image_set  #
 from mammo_fl.common.models.checkpoint import WHOLE_IMAGE_CLASSES, save_checkpoint
 from mammo_fl.common.training.datasets import WholeImageDataset
 from mammo_fl.common.utils.errors import ConfigError
-from mammo_fl.common.evaluation.inference import ensemble_scores, predict_proba, predict_scores, summarize, write_predictions_csv
+from mammo_fl.common.evaluation.inference import (
+    ensemble_scores,
+    predict_proba,
+    predict_scores,
+    summarize_test_scores,
+    write_predictions_csv,
+)
 from mammo_fl.common.models import build_model
 
 CPU = torch.device("cpu")
@@ -71,7 +77,7 @@ def test_ensemble_is_the_mean_of_member_scores(tmp_path, dataset) -> None:
 def test_summary_and_predictions_csv(tmp_path) -> None:
     y = np.array([0, 0, 1, 1, 0, 1])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.9])
-    summary = summarize(y, s, threshold=0.5, n_boot=200)
+    summary = summarize_test_scores(y, s, threshold=0.5, n_boot=200)
     assert summary["auc"] == pytest.approx(8 / 9)
     assert summary["sensitivity"] == pytest.approx(2 / 3) and summary["specificity"] == 1.0
     lo, hi = summary["auc_ci"]

@@ -60,8 +60,9 @@ def test_client_refuses_a_mistyped_fault(tmp_path, capsys):
     assert code == 2 and "scale needs a number" in err and len(err.strip().splitlines()) == 1
 
 
-def _message(kind: str, arrays: dict, config: dict):
-    from flwr.app import Message, RecordDict
+def _message(down, config: dict):
+    """A round-2 TRAIN message as the coordinator sends it (issue 18): the packed model + its round config."""
+    from flwr.app import Message
 
     from mammo_fl.common.federation.round_config import RoundConfig
 
@@ -69,33 +70,49 @@ def _message(kind: str, arrays: dict, config: dict):
                      preprocessing=PREPROCESSING, hist_bins=50, val_fraction=0.4, **config)
     record = rc.to_record()
     record["max-steps"], record["batch-size"], record["augment"], record["lr"] = 1, 2, False, 1e-3
-    return Message(RecordDict({P.ARRAYS: P.numpy_to_arrayrecord(arrays), P.CONFIG: record}), 1, kind)
+    return Message(down.contents([1], record)[1], 1, "train")
 
 
 def test_the_handler_clips_then_applies_the_fault_and_logs_exactly_what_left(tmp_path, synth_sites, task_identity):
+    """The real handler (in-process site work, as in simulation and the worker fallback): an honest site's
+    clipped update is within dp-clip-norm as the coordinator decodes it from fp16; a faulty one's is scaled
+    after the clip; claim-examples lies in the reply; histogram noise keeps the totals consistent; the audit
+    entry holds exactly what left (the reply's SHA-256, the packed update's)."""
     import torch
     from flwr.app import Context, RecordDict
 
+    from mammo_fl.client import site_work
     from mammo_fl.client.app import handle
     from mammo_fl.common.models import build_model
+    from mammo_fl.server.downlink import Downlink
 
     torch.manual_seed(0)
+    site_work._SESSIONS.clear()
     arrays = P.state_to_numpy(build_model("whole_image", TINY_SPEC).state_dict())
+    down = Downlink(arrays, sorted(arrays), "fp16")
     state = tmp_path / "state"
     node = {"site": "h1", "data-dir": str(synth_sites / "site-1"), "state-dir": str(state), "num-threads": 1,
-            "cache-workers": 1, "test-fault": "scale:10"}
+            "cache-workers": 1, "min-patients-per-class": 0}
     ctx = Context(run_id=5, node_id=1, node_config=node, state=RecordDict(), run_config={})
-    reply = handle(_message("train", arrays, {"dp_clip_norm": 0.05}), ctx, "train").content
-    assert reply.config_records[P.SITE]["status"] == P.STATUS_OK, reply.config_records[P.SITE]
-    sent = P.arrayrecord_to_numpy(reply.array_records[P.ARRAYS])
-    assert update_norm(sent, arrays) == pytest.approx(10 * 0.05, rel=1e-3)  # clipped to 0.05, then scaled x10
+    dp = {"dp_clip_norm": 0.05, "wire_dtype": "fp16"}
+
+    honest = handle(_message(down, {**dp, "evaluate": True, "dp_histogram_noise": 3.0}), ctx, "train").content
+    assert honest.config_records[P.SITE]["status"] == P.STATUS_OK, honest.config_records[P.SITE]
+    norm = update_norm(down.decode_update(honest), arrays)
+    assert 0.05 * 0.99 < norm <= 0.05  # clipped, and still within the clip after the fp16 rounding
+    hists = dict(honest.metric_records[P.EVAL])
+    assert hists["num-examples"] == sum(hists["hist-neg"]) + sum(hists["hist-pos"])  # noised, consistent
+
+    node["test-fault"] = "scale:10"
+    scaled = handle(_message(down, dp), ctx, "train").content
+    assert update_norm(down.decode_update(scaled), arrays) == pytest.approx(10 * 0.05, rel=1e-3)  # clip, then x10
 
     node["test-fault"] = "claim-examples:5000"
-    ev = handle(_message("evaluate", arrays, {"dp_histogram_noise": 3.0}), ctx, "evaluate").content
-    metrics = dict(ev.metric_records[P.METRICS])
-    assert metrics["num-examples"] == sum(metrics["hist-neg"]) + sum(metrics["hist-pos"])  # noised, consistent
-    train_entry, eval_entry = read_entries(state)
-    assert train_entry["sent"]["sha256"] == reply.object_id
-    assert train_entry["sent"]["weights_sha256"] == P.arrays_sha256(sent)
-    assert train_entry["received"]["config"]["dp-clip-norm"] == 0.05
-    assert eval_entry["sent"]["metrics"] == metrics and eval_entry["prev_sha256"] != train_entry["prev_sha256"]
+    greedy = handle(_message(down, dp), ctx, "train").content
+    assert greedy.metric_records[P.METRICS]["num-examples"] == 5000
+
+    first, second, _ = read_entries(state)
+    assert first["sent"]["sha256"] == honest.object_id and first["sent"]["eval"] == hists
+    sent = P.arrayrecord_to_numpy(scaled.array_records[P.ARRAYS])  # the packed update exactly as it left
+    assert second["sent"]["sha256"] == scaled.object_id and second["sent"]["weights_sha256"] == P.arrays_sha256(sent)
+    assert second["sent"]["wire"]["dtype"] == "fp16" and second["received"]["config"]["dp-clip-norm"] == 0.05

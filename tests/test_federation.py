@@ -54,7 +54,8 @@ def _site_val_scores(site_dir, checkpoint):
     from mammo_fl.common.models.checkpoint import load_checkpoint
     from mammo_fl.common.training.datasets import WholeImageDataset
     from mammo_fl.common.evaluation.inference import predict_scores
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings
+    from mammo_fl.common.imaging.cache import ImageCache
+    from mammo_fl.common.imaging.geometry import PreprocessSettings
 
     ck = load_checkpoint(checkpoint)
     site = resolve_site({"site": site_dir.name, "data-dir": str(site_dir)}, {})
@@ -98,12 +99,16 @@ def test_two_rounds_three_sites(federation):
     assert abs(pooled - auc(y, s)) <= 0.5 * same_bin_pairs + 1e-6
     assert int(table.loc[1, "n_pos"]) == int(y.sum()) and int(table.loc[1, "n_neg"]) == int((1 - y).sum())
 
-    # Audit logs: only the allowed fields, one train + one evaluate entry per round, weights hashed.
+    # Each row says which message carried its evaluation: round 1's model was scored by round 2's
+    # sites before they trained, the final model by the one evaluation message after the last round.
+    assert list(table["evaluated_by"]) == ["round 2", "final"]
+    assert (table["bytes_down_per_site"] > 0).all() and (table["bytes_up_per_site"] > 0).all()
+
+    # Audit logs: only the allowed fields, one message per round plus the final evaluation, updates hashed.
     for site in federation["sites"]:
         entries = [e for e in read_entries(site / ".mammo-fl") if e["run_id"] == entries_run_id(out)]
         assert entries and all(set(e) == set(AUDIT_FIELDS) for e in entries)
-        assert sorted((e["round"], e["kind"]) for e in entries) == [
-            (1, "evaluate"), (1, "train"), (2, "evaluate"), (2, "train")]
+        assert sorted((e["round"], e["kind"]) for e in entries) == [(1, "train"), (2, "evaluate"), (2, "train")]
         for e in entries:
             assert set(e["sent"]["metrics"]) <= ALLOWED_METRICS and e["status"] == "ok" and e["sent"]["bytes"] > 0
             assert (e["sent"]["weights_sha256"] is None) == (e["kind"] == "evaluate")

@@ -2,7 +2,8 @@
 - `site-nan` (test-only node config fault) sends NaN weights -> rejected, site named;
 - `site-broken` has a broken manifest -> replies with an error, the run goes on;
 - `site-slow` drops out mid-round 1 (its mammo-client is stopped) -> round 1 completes with the
-  others, and the site rejoins (restarted) and trains in round 2."""
+  others, and the site rejoins (restarted) and trains in round 2 (site-2 holds its round-1 reply
+  until then: test-fault hold)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,16 @@ def faulty_federation(tmp_path_factory):
     address = f"127.0.0.1:{free_port()}"
     logs = root / "logs"
     logs.mkdir()
-    procs = {s.name: start_client(s, address, logs / f"{s.name}.log") for s in good}
+    # site-2 holds its round-1 reply until the test releases it: round 1 stays open until the dropped
+    # site-slow is back (rounds are seconds now; a restarted site takes longer than that to register)
+    release = root / "release-site-2"
+    procs = {s.name: start_client(s, address, logs / f"{s.name}.log",
+                                  *(["--test-fault", f"hold:{release}"] if s.name == "site-2" else []))
+             for s in good}
     procs["site-nan"] = start_client(nan, address, logs / "site-nan.log", "--test-fault", "nan")
     procs["site-broken"] = start_client(broken, address, logs / "site-broken.log")
     procs["site-slow"] = start_client(slow, address, logs / "site-slow.log", "--test-fault", "delay:600")
-    state = {"root": root, "address": address, "procs": procs, "slow": slow, "logs": logs,
+    state = {"root": root, "address": address, "procs": procs, "slow": slow, "logs": logs, "release": release,
              "model": make_checkpoint(root / "init.pt")}
     yield state
     for proc in state["procs"].values():
@@ -63,8 +69,15 @@ def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
     wait_for(lambda: any(e["event"] == "round_start" for e in events(out)), 1200, "round 1 start", proc=server)
     wait_for(lambda: (audit_dir / "cache").exists(), 1200, "site-slow to start training", proc=server)
     stop(f["procs"]["site-slow"])
-    # ... and bring it back (no fault this time): it must rejoin for round 2.
+    # ... and bring it back (no fault this time): it must rejoin for round 2. Round 1 ends when site-2
+    # replies, which it does once the SuperLink has activated the restarted site's new node.
     f["procs"]["site-slow"] = start_client(f["slow"], f["address"], f["logs"] / "site-slow.log")
+    superlink_log = out / ".superlink" / "superlink.log"
+    wait_for(lambda: superlink_log.read_text().count("Activated node_id=") >= 6, 1200,
+             "the restarted site-slow to register", proc=server)
+    f["release"].mkdir()
+    (f["release"] / "round-1").touch()
+    (f["release"] / "round-2").touch()
     assert wait_exit(server, 1500, log) == 0, log.read_text()[-3000:]
 
     table = pd.read_csv(out / "metrics.csv")
@@ -78,7 +91,7 @@ def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
     nan_reasons = {e["reason"] for e in rejected if e["site"] == "site-nan" and e["kind"] == "train"}
     assert nan_reasons and all("NaN/Inf" in r for r in nan_reasons)
     broken = [e["reason"] for e in rejected if e["site"] == "site-broken"]
-    assert broken and all(r.startswith("site error: DataError") for r in broken)
+    assert broken and all(r.startswith("site error [data-error]") for r in broken)
     assert all("/" not in r for r in broken)  # no path leaves the site
     text = log.read_text()
     assert "site-nan" in text and "NaN/Inf" in text and "site-broken" in text and "Traceback" not in text

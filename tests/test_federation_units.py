@@ -12,6 +12,7 @@ import pytest
 import tomllib
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation import wire as W
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.common.evaluation.metrics import auc, score_histograms
 from mammo_fl.server.pooled_metrics import pool_histograms
@@ -45,52 +46,60 @@ def test_settings_reject_bad_values_and_default_from_empty_config():
         FederationSettings.from_run_config({"num-server-rounds": "many"})
 
 
-@pytest.fixture()
-def task_identity():
-    """Real reply Messages need Flower's task context (set by flwr-serverapp in production)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
-
-
-def _reply(node_arrays: dict[str, np.ndarray] | None, metrics: dict, site: str = "a", status: str = "ok"):
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-
-    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "DataError: bad"})})
-    if metrics:
-        content[P.METRICS] = MetricRecord(metrics)
-    if node_arrays is not None:
-        content[P.ARRAYS] = P.numpy_to_arrayrecord(node_arrays)
-    return Message(content, 1, "train")
-
-
 GOOD = {"w": np.ones((2, 3), np.float32), "n": np.array(5, np.int64)}
 SPECS = {"w": ArraySpec((2, 3), "float32"), "n": ArraySpec((), "int64")}
 TRAIN_M = {"num-examples": 4, "train-loss": 0.5, "train-seconds": 1.0}
+EVAL_M = {"num-examples": 3, "num-pos": 1, "hist-neg": [2, 0], "hist-pos": [0, 1], "eval-seconds": 0.5}
+
+
+def _reply(update: dict[str, np.ndarray] | None, metrics: dict, site: str = "a", status: str = "ok",
+           evaluation: dict | None = None, base: dict[str, np.ndarray] | None = None):
+    """A site's reply as client/app.py builds it: the update travels as an fp16 delta against `base`."""
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    content = RecordDict({P.SITE: ConfigRecord({"site": site, "status": status, "error": "data-error",
+                                                "held": "d1"})})
+    if metrics:
+        content[P.METRICS] = MetricRecord(metrics)
+    if evaluation:
+        content[P.EVAL] = MetricRecord(evaluation)
+    if update is not None:
+        base = base if base is not None else {k: np.zeros_like(v) for k, v in update.items()}
+        packed = W.pack_delta(update, base, W.Layout.of(update), "fp16")
+        record, meta = P.packed_to_records(packed)
+        content[P.ARRAYS] = record
+        content[P.WIRE] = ConfigRecord(meta)
+    return Message(content, 1, "train")
 
 
 def test_screen_names_the_site_and_the_problem(task_identity):
+    from mammo_fl.server.downlink import Downlink
+
+    down = Downlink({k: np.zeros_like(v) for k, v in GOOD.items()}, ["n", "w"], "fp16")
     nan = {**GOOD, "w": GOOD["w"].copy()}
     nan["w"][0, 0] = np.nan
     replies = {
-        1: _reply(GOOD, TRAIN_M, "good"),
-        2: _reply(nan, TRAIN_M, "nan-site"),
+        1: _reply(GOOD, TRAIN_M, "good", evaluation=EVAL_M),
+        2: _reply(nan, TRAIN_M, "nan-site", evaluation=EVAL_M),
         3: _reply({"w": np.ones((3, 2), np.float32), "n": GOOD["n"]}, TRAIN_M, "shape-site"),
         4: _reply({"w": GOOD["w"]}, TRAIN_M, "keys-site"),
         5: _reply(None, {}, "broken-site", status="error"),
         6: _reply(GOOD, {"num-examples": 4, "loss": 0.5, "train-seconds": 1.0}, "metric-site"),
+        7: _reply(None, {}, "stale-site", status=P.STATUS_NEED_FULL),
     }
-    accepted, rejected = screen(replies, True, SPECS)
-    assert [a.site for a in accepted] == ["good"]
-    reasons = {r.site: r.reason for r in rejected}
+    got = screen(replies, train=True, evaluate=True, expected=SPECS, decode=down.decode_update)
+    assert [a.site for a in got.train] == ["good"]
+    np.testing.assert_array_equal(got.train[0].arrays["w"], GOOD["w"])  # decoded back to fp32 weights
+    assert int(got.train[0].arrays["n"]) == 5
+    # the NaN site's update is rejected, but the evaluation it did before training still counts
+    assert [e.site for e in got.evals] == ["good", "nan-site"] and got.need_full == [7]
+    reasons = {r.site: r.reason for r in got.rejected_train}
     assert "NaN/Inf" in reasons["nan-site"]
-    assert "shape (3, 2)" in reasons["shape-site"]
-    assert "missing 1 weight" in reasons["keys-site"] and "'n'" in reasons["keys-site"]
-    assert reasons["broken-site"] == "site error: DataError: bad"
+    assert "different model layout" in reasons["shape-site"] and "different model layout" in reasons["keys-site"]
+    assert reasons["broken-site"] == "site error [data-error] " + P.SITE_ERRORS["data-error"]
     assert "metric names" in reasons["metric-site"]
+    assert {r.site for r in got.rejected_eval} == {"shape-site", "keys-site", "metric-site"}  # no evaluation sent
+    assert got.held[1] == "d1" and 5 not in got.held
 
 
 def test_check_arrays_rejects_inf_and_dtype():
@@ -236,7 +245,8 @@ def test_rundir_events_status_and_rows(tmp_path):
     rd = RunDir(tmp_path, launch_id="abc")
     rd.event("site_rejected", round=1, kind="train", site="h1", reason="NaN", value=float("nan"))
     rd.set_status("running", run_id=3)
-    rows = [{"round": 1, "pooled_auc": 0.7, "sites": 2, "auc_h1": 0.6}, {"round": 2, "pooled_auc": None, "sites": 1}]
+    rows = [{"round": 1, "pooled_auc": 0.7, "sites": 2, "auc_h1": 0.6, "evaluated_by": "round 2"},
+            {"round": 2, "pooled_auc": None, "sites": 1, "evaluated_by": "final"}]
     rd.write_rows(rows)
     rd.commit_round(2, {"strategy": "fedavg"})
     import json
@@ -246,3 +256,61 @@ def test_rundir_events_status_and_rows(tmp_path):
     assert json.loads(rd.status_file.read_text())["status"] == "running"
     assert rd.metrics_csv.read_text().splitlines()[0].startswith("round,pooled_auc,sites")
     assert rd.load_state()["completed_round"] == 2 and rd.plot.exists()
+
+
+@pytest.mark.parametrize("dtype,rel", [("fp32", 2.0**-23), ("fp16", 2.0**-11), ("bf16", 2.0**-8)])
+def test_reduced_precision_updates_aggregate_like_fp32(dtype, rel):
+    """Sites send fp16/bf16 deltas; the coordinator decodes them and aggregates in fp32: the global
+    model it publishes is within the stated bound of the exact fp32 aggregate (per element,
+    rel * the weighted mean |delta| plus one fp32 rounding of the weights)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from mammo_fl.server.downlink import Downlink
+
+    rng = np.random.default_rng(0)
+    glob = {"w": rng.normal(0, 0.05, 4096).astype(np.float32), "n": np.array(10, np.int64)}
+    sites = [{"w": glob["w"] + rng.normal(0, 1e-4, 4096).astype(np.float32), "n": np.array(12, np.int64)}
+             for _ in range(3)]
+    examples = [5, 9, 2]
+    settings = FederationSettings(strategy="fedavg", min_sites=2)
+    exact = aggregate(build_strategy(settings), 1, glob,
+                      [Screened(i, f"s{i}", w, {"num-examples": n}) for i, (w, n) in enumerate(zip(sites, examples))])
+    down = Downlink(dict(glob), ["n", "w"], dtype)
+    decoded = []
+    for i, (w, n) in enumerate(zip(sites, examples, strict=True)):
+        record, meta = P.packed_to_records(W.pack_delta(w, glob, down.layout, dtype))
+        arrays = down.decode_update(RecordDict({P.ARRAYS: record, P.WIRE: ConfigRecord(meta)}))
+        decoded.append(Screened(i, f"s{i}", arrays, {"num-examples": n}))
+    published = down.publish(aggregate(build_strategy(settings), 1, glob, decoded))
+    weights = np.array(examples, np.float64) / sum(examples)
+    mean_abs = sum(wk * np.abs(s["w"].astype(np.float64) - glob["w"]) for wk, s in zip(weights, sites, strict=True))
+    bound = 2 * rel * (mean_abs + np.abs(exact["w"] - glob["w"])) + 2.0**-23 * np.abs(glob["w"]) + 1e-12
+    err = np.abs(published["w"].astype(np.float64) - exact["w"])
+    assert np.all(err <= bound), float(np.max(err / bound))
+    assert int(published["n"]) == 12 and published["w"].dtype == np.float32
+    if dtype != "fp32":  # and it is not the exact aggregate: the precision really was reduced
+        assert not np.array_equal(published["w"], exact["w"])
+
+
+@pytest.mark.parametrize("stage", ["all", "top", "head"])
+@pytest.mark.parametrize("fedbn", [False, True])
+def test_exchanged_keys_are_what_training_can_change(stage, fedbn):
+    """train-layers names the same modules as set_trainable: their parameters and buffers travel, frozen
+    layers (and BatchNorm under FedBN) never do."""
+    from mammo_fl.common.models import build_model
+    from mammo_fl.common.training.loops import set_trainable
+
+    model = build_model("whole_image", {"trunk": "resnet_tiny", "top": {"type": "vgg", "blocks": [[8, 1]]},
+                                        "num_classes": 2})
+    set_trainable(model, stage)
+    bn = P.batchnorm_prefixes(model)
+    keys = set(P.exchanged_keys(model.state_dict(), bn, stage, fedbn))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {k for k in trained if not (fedbn and P.is_batchnorm_key(k, bn))} <= keys
+    frozen_modules = {n for n, m in model.named_modules() if n and not any(p.requires_grad for p in m.parameters())
+                      and list(m.parameters())}
+    assert not any(k.startswith(f"{m}.") for k in keys for m in frozen_modules)
+    if fedbn:
+        assert not any(P.is_batchnorm_key(k, bn) for k in keys)
+    if stage == "all" and not fedbn:
+        assert keys == set(model.state_dict())

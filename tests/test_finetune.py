@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from model_fixtures import TINY_WHOLE_SPEC, one_torch_thread, whole_image_set  # noqa: F401 (autouse fixture)
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mammo_fl.common.training.datasets import WholeImageDataset
@@ -123,11 +124,22 @@ def test_fedprox_term_keeps_weights_near_the_reference(tmp_path) -> None:
 
 
 def test_finetune_learns_a_separable_signal(tmp_path) -> None:
+    """The weights learn a saturated-disc signal: training AUC after 80 steps (20 epochs of 4 batches).
+
+    Two things made the former check (6 epochs, eval-mode AUC >= 0.9) depend on the seed, the thread
+    count and the CPU (0.8125 on an AMD EPYC): after 24 steps the model had barely learned (mean training
+    loss 0.48-0.71, chance 0.69), and the BatchNorm running statistics of a 16-image, batch-4 run lag the
+    final weights (eval-mode AUC 0.0-1.0 over seeds 0-7; 0.625 with 2 threads even after 80 steps). So
+    the model trains 80 steps (mean loss 0.27-0.46) and its BatchNorm statistics are re-estimated on the
+    training images (`update_bn`) before scoring: AUC 1.0 for seeds 0-7 with one thread, >= 0.95 for
+    seeds 1-2 with two. The bar leaves room for 12 mis-ranked pairs of 64.
+    """
     images, cache = whole_image_set(tmp_path, n=16, seed=1)
     train = WholeImageDataset(images, cache, mean=40.0, augment=False)
     model = _whole_model(1)
-    finetune(model, train, FineTuneConfig(epochs=6, lr=3e-3, weight_decay=0.0, batch_size=4, augment=False), CPU)
-    assert auc(train.labels(), predict_scores(model, train, CPU)) >= 0.9
+    finetune(model, train, FineTuneConfig(epochs=20, lr=3e-3, weight_decay=0.0, batch_size=4, augment=False), CPU)
+    update_bn(DataLoader(train, batch_size=4), model)
+    assert auc(train.labels(), predict_scores(model, train, CPU)) >= 0.8
 
 
 def test_finetune_input_errors(tmp_path) -> None:

@@ -37,3 +37,19 @@ def test_sqlite_busy_timeout_patch_changes_only_that_pragma(monkeypatch):
     after = dict(sql_mixin.SQLITE_PRAGMAS)
     assert after["busy_timeout"] == "1234"
     assert {k: v for k, v in after.items() if k != "busy_timeout"} == {k: v for k, v in before.items() if k != "busy_timeout"}
+
+
+def test_task_token_grace_patch_only_lengthens_it(monkeypatch):
+    import flwr.supercore.corestate.in_memory_corestate as corestate
+
+    monkeypatch.setattr(corestate, "HEARTBEAT_DEFAULT_INTERVAL", corestate.HEARTBEAT_DEFAULT_INTERVAL)
+    flower_private.patch_task_token_grace(120)
+    assert corestate.HEARTBEAT_DEFAULT_INTERVAL == 120
+    flower_private.patch_task_token_grace(5)  # never shorter than Flower's own
+    assert corestate.HEARTBEAT_DEFAULT_INTERVAL == 120
+
+
+def test_superexec_starts_the_clientapp_by_the_name_the_launcher_shims():
+    from mammo_fl.client.launcher import SHIM_NAME
+
+    assert flower_private.clientapp_command() == SHIM_NAME

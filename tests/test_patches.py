@@ -6,21 +6,20 @@ import numpy as np
 import pytest
 
 from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.common.imaging.breast import breast_mask
+from mammo_fl.common.imaging.png16 import read_png16, write_png16
 from mammo_fl.common.pipeline.patches import (
-    CLASS_NAMES,
+    PATCH_CLASSES,
     BoxSum,
     RoiInput,
     SamplingSettings,
-    breast_mask,
     extract_patch,
     overlap_fractions,
     overlaps,
     patch_class,
-    read_png16,
     sample_background_centres,
     sample_image,
     sample_positive_centres,
-    write_png16,
 )
 
 H, W, P = 144, 112, 24
@@ -146,7 +145,7 @@ def test_sample_image_counts_and_classes_are_seeded() -> None:
 def test_patch_class_and_settings_validation() -> None:
     assert patch_class("calcification", "BENIGN_WITHOUT_CALLBACK") == "calc_benign"
     assert patch_class("mass", "MALIGNANT") == "mass_malignant"
-    assert set(CLASS_NAMES) == {"background", "calc_benign", "calc_malignant", "mass_benign", "mass_malignant"}
+    assert set(PATCH_CLASSES) == {"background", "calc_benign", "calc_malignant", "mass_benign", "mass_malignant"}
     with pytest.raises(ValueError):
         patch_class("distortion", "BENIGN")
     with pytest.raises(ConfigError):

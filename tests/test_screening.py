@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from safeguard_support import GLOBAL, eval_reply, site_arrays, task_identity, train_reply  # noqa: F401
+from safeguard_support import (  # noqa: F401
+    GLOBAL,
+    eval_reply,
+    screen_eval,
+    screen_train,
+    site_arrays,
+    task_identity,
+    train_reply,
+)
 
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.server.rundir import RunDir
@@ -15,11 +23,11 @@ from mammo_fl.server.safeguards import Safeguards
 from mammo_fl.server.screening import STATS, WEIGHTS, group_norms, histogram_problem, screen_norms, update_norm
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.strategy import aggregate, build_strategy
-from mammo_fl.server.validate import Screened, expected_specs, screen
+from mammo_fl.server.validate import Screened
 
 
 def _screen_round(guards: Safeguards, replies: dict) -> tuple:
-    accepted, rejected = screen(replies, True, expected_specs(GLOBAL, sorted(GLOBAL)))
+    accepted, rejected = screen_train(replies)
     result = guards.screen_train(accepted, GLOBAL)
     return result, {r.site: r.reason for r in rejected + result.rejected}
 
@@ -140,7 +148,7 @@ def test_histograms_are_checked_against_their_totals():
 def test_evaluation_replies_with_bad_histograms_are_rejected_by_name(tmp_path, task_identity):
     replies = {1: eval_reply("ok", [3, 1, 0, 0], [0, 0, 1, 2]),
                2: eval_reply("liar", [3, 1, 0, 0], [0, 0, 1, 2], num_examples=1000)}
-    accepted, _ = screen(replies, False, None)
+    accepted, _ = screen_eval(replies)
     guards = _guards(tmp_path)
     guards.settings = FederationSettings(hist_bins=4)
     good, bad = guards.screen_eval(1, accepted)

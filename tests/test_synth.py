@@ -293,3 +293,21 @@ def test_cli_writes_dataset_and_preview_and_reports_errors_in_one_line(tmp_path,
     assert synth_main(["--layout", "inbreast", "--out", str(tmp_path / "p"), "--patients", "1",
                        "--set", "colour=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_cli_vendor_picks_the_acquisition_profile_of_a_cbis_cohort(tmp_path):
+    """`--vendor` renders the same cohort (patients, lesions, labels) through another profile:
+    the cross-profile check of docs/results.md trains on one and tests on the other."""
+    common = ["--layout", "cbis-ddsm", "--patients", "2", "--seed", "3", "--size", "320x256", "--workers", "1",
+              "--quiet"]
+    assert synth_main(common + ["--out", str(tmp_path / "howtek")]) == 0
+    assert synth_main(common + ["--out", str(tmp_path / "lumisys"), "--vendor", "lumisys-film"]) == 0
+    a, b = (pd.read_csv(tmp_path / name / "ground_truth.csv") for name in ("howtek", "lumisys"))
+    assert set(a["vendor"]) == {"howtek-film"} and set(b["vendor"]) == {"lumisys-film"}
+    cols = ["image_id", "patient_id", "label", "lesions", "laterality", "view"]
+    assert a[cols].equals(b[cols])
+    ds = pydicom.dcmread(_dicoms(tmp_path / "lumisys")[0], stop_before_pixels=True)
+    assert ds.Manufacturer == PROFILES["lumisys-film"].manufacturer
+    pa = pydicom.dcmread(_dicoms(tmp_path / "howtek")[0]).pixel_array
+    pb = pydicom.dcmread(_dicoms(tmp_path / "lumisys")[0]).pixel_array
+    assert pa.shape == pb.shape and not np.array_equal(pa, pb)

@@ -14,7 +14,7 @@ import torch
 from mammo_fl.common.models.checkpoint import load_checkpoint, read_checkpoint_meta
 from mammo_fl.common.cli.data import main as data_main
 from mammo_fl.common.cli.train import main as train_main
-from mammo_fl.common.pipeline.patches import CLASS_NAMES, load_patch_set
+from mammo_fl.common.pipeline.patches import PATCH_CLASSES, load_patch_set
 
 # Tiny everything: 96x72 images, 24 px patches, one epoch per stage, a small top.
 TINY = [
@@ -83,7 +83,7 @@ def test_checkpoint_is_self_describing(run_dir: Path) -> None:
         out = ckpt.model(torch.zeros(1, 3, 96, 72))
     assert out.shape == (1, 2)
     patch = load_checkpoint(run_dir / "patch_model.pt")
-    assert patch.kind == "patch" and patch.class_names == list(CLASS_NAMES)
+    assert patch.kind == "patch" and patch.class_names == list(PATCH_CLASSES)
     assert patch.preprocessing["height"] == 24 and patch.preprocessing["mean"] == prep["mean"]
     # the whole-image trunk started from the patch trunk: stage 2 trained it, so it moved, but exists 1:1
     assert set(patch.model.trunk.state_dict()) == set(ckpt.model.trunk.state_dict())
@@ -97,7 +97,7 @@ def test_patch_set_has_split_hygiene(run_dir: Path, index_dir: Path) -> None:
     assert not set(table["patient_id"]) & test_patients
     by_patient = dict(zip(split["patient_id"], split["split"]))
     assert (table["patient_id"].map(by_patient) == table["split"]).all()
-    assert set(table["class"]) <= set(CLASS_NAMES) and "background" in set(table["class"])
+    assert set(table["class"]) <= set(PATCH_CLASSES) and "background" in set(table["class"])
     assert all(Path(p).is_file() for p in table["abs_path"])
 
 
@@ -164,23 +164,21 @@ def test_bad_input_is_one_line_error(index_dir: Path, tmp_path: Path, capsys) ->
 
 
 def test_paper_preset_is_the_paper_schedule() -> None:
-    from mammo_fl.common.utils.config import load_config
     from mammo_fl.common.models import PAPER_TOPS
-    from mammo_fl.common.training.patch import patch_stages
-    from mammo_fl.common.pipeline.steps import top_spec
-    from mammo_fl.common.training.whole import whole_stages
+    from mammo_fl.common.pipeline.settings import load_run_settings
 
-    cfg = load_config("paper", "train")
-    assert (cfg["data"]["height"], cfg["data"]["width"], cfg["patches"]["patch_size"]) == (1152, 896, 224)
-    assert cfg["patch_model"]["arch"] == "resnet50" and top_spec(cfg) == PAPER_TOPS["resnet_512x2"]
-    assert [(s.trainable, s.epochs, s.lr) for s in patch_stages(cfg["patch_train"])] == [
+    cfg = load_run_settings("paper")
+    prep = cfg.data.preprocess
+    assert (prep.height, prep.width, cfg.patches.patch_size) == (1152, 896, 224)
+    assert cfg.patch_model.arch == "resnet50" and cfg.whole_model.top_spec == PAPER_TOPS["resnet_512x2"]
+    assert [(s.trainable, s.epochs, s.lr) for s in cfg.patch_train.stages] == [
         ("head", 3, 1e-3), ("top", 10, 1e-4), ("all", 37, 1e-5)]
-    assert [(s.trainable, s.epochs, s.lr, s.weight_decay) for s in whole_stages(cfg["whole_train"])] == [
+    assert [(s.trainable, s.epochs, s.lr, s.weight_decay) for s in cfg.whole_train.stages] == [
         ("top", 30, 1e-4, 1e-3), ("all", 20, 1e-5, 1e-2)]
-    assert cfg["patch_train"]["batch_size"] == 32 and cfg["whole_train"]["batch_size"] == 2
-    assert cfg["baseline"]["min_samples_split"] == 300 and cfg["baseline"]["n_estimators"] == 500
-    cpu = load_config("cpu", "train", ["whole_model.top=heatmap_fc"])
-    assert top_spec(cpu)["type"] == "heatmap_fc"
+    assert cfg.patch_train.batch_size == 32 and cfg.whole_train.batch_size == 2
+    assert cfg.baseline.min_samples_split == 300 and cfg.baseline.n_estimators == 500
+    cpu = load_run_settings("cpu", ["whole_model.top=heatmap_fc"])
+    assert cpu.whole_model.top_spec["type"] == "heatmap_fc"
 
 
 def test_compare_cli_pairs_allconv_with_the_baseline(run_dir: Path, index_dir: Path, tmp_path: Path, capsys) -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from model_fixtures import one_torch_thread  # noqa: F401 (autouse fixture: MAMMO_TEST_THREADS threads)
 from torch.utils.data import TensorDataset
 
 from mammo_fl.common.models.checkpoint import load_checkpoint
@@ -17,15 +18,6 @@ from mammo_fl.common.training.staged import Stage, TrainState, train_staged
 from mammo_fl.common.training.whole import train_whole_classifier, whole_stages
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP oversubscription (20x slower under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class Labelled(TensorDataset):

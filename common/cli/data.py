@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -85,7 +84,8 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from mammo_fl.common.imaging.index import load_index
-    from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root, mean_grey, parse_size
+    from mammo_fl.common.imaging.cache import ImageCache, default_cache_root, mean_grey
+    from mammo_fl.common.imaging.geometry import PreprocessSettings, parse_size
 
     tables = load_index(args.index)
     height, width = parse_size(args.size)
@@ -116,10 +116,8 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"mean grey: not computed ({exc.cause})")
         return 0
-    stats = {"settings": settings.to_dict(), "mean_grey_0_255": round(mean, 4), "images": int(len(images)),
-             "over": "train split" if tables.split is not None else "all images"}
-    (cache.directory / "stats.json").write_text(json.dumps(stats, indent=1))
-    print(f"mean grey (0..255) over {stats['over']}: {mean:.2f} -> {cache.directory / 'stats.json'}")
+    over = "train split" if tables.split is not None else "all images"
+    print(f"mean grey (0..255) over {over} ({len(images)} images): {mean:.2f} (the data.mean of a train preset)")
     return 0
 
 

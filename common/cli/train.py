@@ -3,7 +3,8 @@
     mammo-train run --preset cpu --data INDEXDIR --out RUNDIR [--set key=value ...]
     mammo-train patches | train-patch | train-whole | evaluate | baseline  (one step at a time, same RUNDIR)
     mammo-train compare A.csv B.csv   (paired AUC difference of two designs on one test set)
-    mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta]
+    mammo-train predict --model CKPT (--data INDEXDIR | DICOM_OR_FOLDER ...) --out preds.csv [--tta] [--threshold T]
+    mammo-train explain --model CKPT --data INDEXDIR --out DIR [--method patch|cam]   (heatmap overlays)
 """
 
 from __future__ import annotations
@@ -21,30 +22,25 @@ import pandas as pd
 
 from mammo_fl.common.models.checkpoint import load_checkpoint
 from mammo_fl.common.cli import run_cli
-from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.training.datasets import UNLABELLED, WholeImageDataset
 from mammo_fl.common.utils.device import select_device
 from mammo_fl.common.utils.errors import ConfigError, DataError
 from mammo_fl.common.evaluation.inference import ensemble_scores, write_predictions_csv
 from mammo_fl.common.imaging.index import load_index
-from mammo_fl.common.imaging.cache import ImageCache, PreprocessSettings, default_cache_root
+from mammo_fl.common.imaging.cache import ImageCache, default_cache_root, filter_readable
+from mammo_fl.common.imaging.geometry import PreprocessSettings
 
 log = logging.getLogger("mammo-train")
 
 
-def _load(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_config(args.preset, "train", args.set)
-    if getattr(args, "device", None):
-        config["device"] = args.device
-    if getattr(args, "quiet", False):
-        config["progress"] = False
-    return config
-
-
 def _context(args: argparse.Namespace):
-    from mammo_fl.common.pipeline.steps import open_run  # torch-heavy imports only when a command runs
+    # torch-heavy imports only when a command runs
+    from mammo_fl.common.pipeline.rundir import open_run
+    from mammo_fl.common.pipeline.settings import load_run_settings
 
-    return open_run(_load(args), args.data, args.out)
+    settings = load_run_settings(args.preset, args.set, device=getattr(args, "device", None),
+                                 progress=False if getattr(args, "quiet", False) else None)
+    return open_run(settings, args.data, args.out)
 
 
 def _print_json(data: dict[str, Any]) -> None:
@@ -158,6 +154,8 @@ def _dicom_files(items: list[str]) -> list[Path]:
 def cmd_predict(args: argparse.Namespace) -> int:
     if bool(args.data) == bool(args.dicoms):
         raise ConfigError("give either --data INDEXDIR or DICOM files/folders (not both)")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
     device = select_device(args.device or "auto")
     first = load_checkpoint(args.model[0], device)
     if first.kind != "whole_image":
@@ -179,12 +177,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                    "image_path": [str(f) for f in files]})
             cache_root = Path(args.cache) if args.cache else Path(tmp)
         cache = ImageCache(cache_root, settings)
-        report = cache.build(images["image_path"].astype(str).tolist(), workers=args.workers or None,
-                             progress=not args.quiet)
-        bad = {str(p) for p, _ in report.skipped}
-        for path, reason in report.skipped:
+        images, skipped = filter_readable(images, cache, progress=not args.quiet, workers=args.workers or None)
+        for path, reason in skipped:
             print(f"skipped {path}: {reason}")
-        images = images[~images["image_path"].astype(str).isin(bad)].reset_index(drop=True)
         if images.empty:
             raise DataError(None, "no readable images to score")
         dataset = WholeImageDataset(images, cache, float(prep["mean"]), augment=False)
@@ -192,12 +187,63 @@ def cmd_predict(args: argparse.Namespace) -> int:
         scores = ensemble_scores(members, dataset, device, tta=args.tta, batch_size=args.batch_size,
                                  progress=not args.quiet)
     labels = dataset.labels()
-    out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None)
-    print(f"scored {len(scores)} images ({len(bad)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
+    threshold = _recall_threshold(args, first)
+    out = write_predictions_csv(args.out, dataset.image_ids, scores, labels if (labels != UNLABELLED).all() else None,
+                                threshold=threshold)
+    print(f"scored {len(scores)} images ({len(skipped)} skipped){' with flip TTA' if args.tta else ''} -> {out}")
+    if threshold is not None:
+        print(f"recall column: malignant_prob >= {threshold:.4f}; {int((scores >= threshold).sum())} of "
+              f"{len(scores)} images recalled")
     if (labels != UNLABELLED).all() and len(np.unique(labels)) == 2:
         from mammo_fl.common.evaluation.metrics import auc
 
         print(f"AUC {auc(labels, scores):.4f}")
+    return 0
+
+
+def _recall_threshold(args: argparse.Namespace, first: Any) -> float | None:
+    """--threshold, else the operating point the (single) checkpoint carries (federated final.pt), else None."""
+    from mammo_fl.common.evaluation.operating_point import checkpoint_threshold
+
+    if args.threshold is not None:
+        return float(args.threshold)
+    threshold = checkpoint_threshold(first.metrics)
+    if threshold is None:
+        return None
+    if len(args.model) > 1:
+        print("note: an ensemble's scores differ from its first member's; no recall column without --threshold")
+        return None
+    point = first.metrics["operating_point"]
+    target = point.get("target") or {}
+    print(f"operating point of {args.model[0]}: threshold {threshold:.4f} ({target.get('kind')} target "
+          f"{target.get('value')}, chosen in round {point.get('round')})")
+    if bool(point.get("tta", False)) != bool(args.tta):
+        print(f"note: the threshold was chosen on scores {'with' if point.get('tta') else 'without'} flip TTA; "
+              f"this run is {'with' if args.tta else 'without'}")
+    return threshold
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from mammo_fl.common.pipeline.explain_run import ExplainSettings, run_explain
+    from mammo_fl.common.utils.device import set_cpu_threads
+
+    set_cpu_threads(args.threads)
+    r = run_explain(ExplainSettings(
+        model=Path(args.model), data=Path(args.data), out=Path(args.out), split=args.split, images=args.images,
+        method=args.method, patch_model=Path(args.patch_model) if args.patch_model else None, dicom=args.dicom,
+        cache=Path(args.cache) if args.cache else None, batch_size=args.batch_size, workers=args.workers or None,
+        device=args.device or "auto", progress=not args.quiet))
+    for path, reason in r.skipped:
+        print(f"skipped {path}: {reason}")
+    print(f"{len(r.table)} images ({r.scope}), {args.method} heatmaps in {r.seconds:.1f} s -> {r.csv}")
+    if r.pointing is None:
+        print("no ROI annotations in the index: no localisation score")
+    elif r.pointing.images:
+        p = r.pointing
+        print(f"pointing game {p.accuracy:.3f} ({p.hits}/{p.images} malignant images with the peak in a malignant "
+              f"ROI; a random breast pixel: {p.chance:.3f}); mean heatmap mass inside ROIs {p.mean_roi_mass:.3f}")
+    else:
+        print("no malignant image with a malignant ROI among these images: no pointing-game score")
     return 0
 
 
@@ -274,12 +320,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dicoms", nargs="*", help="DICOM files or folders")
     p.add_argument("--out", required=True, help="predictions CSV")
     p.add_argument("--tta", action="store_true", help="mean over the 4 flips (the paper's augmented prediction)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="recall threshold for the 0/1 `recall` column (default: the checkpoint's operating point, "
+                   "when it carries one, e.g. a federated final.pt)")
     p.add_argument("--cache", help="preprocessing cache root (default INDEXDIR/cache, or a temporary folder)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=0, help="processes preprocessing the images (0 = all cores)")
     p.add_argument("--device", help="auto (default), cpu, cuda")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="heatmap overlays (PNG, optional DICOM) + explain.csv + pointing game")
+    p.add_argument("--model", required=True, help="whole-image checkpoint (whole_image.pt, a federated final.pt)")
+    p.add_argument("--data", required=True, help="index directory (mammo-data index [+ split])")
+    p.add_argument("--out", required=True, help="output folder for the PNGs and explain.csv")
+    p.add_argument("--split", choices=["test", "val", "train"],
+                   help="default: test when the index has split.csv, else every image")
+    p.add_argument("--images", type=int, help="the first N images of the split, malignant ones first (default all)")
+    p.add_argument("--method", default="patch", choices=["patch", "cam"],
+                   help="patch: the patch classifier slid over the image (paper Fig. 1); cam: the whole-image "
+                   "model's class activation map (for a federated model without a patch net)")
+    p.add_argument("--patch-model", help="patch classifier checkpoint (default: patch_model.pt beside --model)")
+    p.add_argument("--dicom", action="store_true", help="also write DICOM Secondary Captures (not for diagnosis)")
+    p.add_argument("--cache", help="preprocessing cache root (default INDEXDIR/cache)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=0, help="processes preprocessing the images (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default; 1 on shared cores)")
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 

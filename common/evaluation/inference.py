@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from mammo_fl.common.training.augment import flip_views
 from mammo_fl.common.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mammo_fl.common.training.datasets import UNLABELLED, split_augmentation
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.device import autocast
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.common.evaluation.metrics import auc, bootstrap_auc_ci, sens_spec_at
@@ -86,9 +87,11 @@ def ensemble_scores(checkpoints: Sequence[str | Path | LoadedCheckpoint], datase
     return total / len(checkpoints)
 
 
-def summarize(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float = 0.5,
-              groups: Sequence | None = None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """AUC, bootstrap 95% CI, sensitivity/specificity at `threshold`, counts."""
+def summarize_test_scores(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                          threshold: float = 0.5, groups: Sequence | None = None, n_boot: int = 2000,
+                          seed: int = 0) -> dict[str, Any]:
+    """Per-image scores of a labelled split -> AUC, bootstrap 95% CI (resampling `groups`, e.g. patients,
+    when given), sensitivity/specificity at `threshold`, counts."""
     y = np.asarray(labels)
     s = np.asarray(scores)
     lo, hi = bootstrap_auc_ci(y, s, n=n_boot, seed=seed, groups=groups)
@@ -98,14 +101,22 @@ def summarize(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
 
 
 def write_predictions_csv(path: str | Path, image_ids: Sequence[str], scores: Sequence[float] | np.ndarray,
-                          labels: Sequence[int] | np.ndarray | None = None) -> Path:
-    """`image_id, malignant_prob[, label]` (label column only when every label is known)."""
+                          labels: Sequence[int] | np.ndarray | None = None,
+                          tta_scores: Sequence[float] | np.ndarray | None = None,
+                          threshold: float | None = None) -> Path:
+    """`image_id, malignant_prob[, malignant_prob_tta][, recall][, label]`, 6 decimals, written atomically
+    (label column only when every label is known; the TTA column when `tta_scores` are given; with a
+    `threshold`, `recall` is 1 where malignant_prob >= threshold, the operating point's rule)."""
     table = pd.DataFrame({"image_id": list(image_ids), "malignant_prob": np.asarray(scores, dtype=float)})
+    if tta_scores is not None:
+        table["malignant_prob_tta"] = np.asarray(tta_scores, dtype=float)
+    if threshold is not None:
+        table["recall"] = (table["malignant_prob"].to_numpy() >= threshold).astype(int)
     if labels is not None:
         lab = np.asarray(labels)
         if lab.size and (lab != UNLABELLED).all():
             table["label"] = lab.astype(int)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False, float_format="%.6f")
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
     return path

@@ -151,6 +151,20 @@ def threshold_at_sensitivity(labels: Sequence[int] | np.ndarray, scores: Sequenc
     return float(pos[min(max(k, 0), pos.size - 1)])
 
 
+def threshold_at_specificity(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                             target: float) -> float:
+    """Lowest threshold (recall = score >= threshold) whose specificity reaches `target`: just above the
+    ceil(target * N)-th lowest negative score."""
+    y, s = _as_arrays(labels, scores)
+    neg = np.sort(s[y == 0])
+    if neg.size == 0:
+        raise MammoError("no negative images: cannot choose a threshold for a specificity")
+    need = int(np.ceil(target * neg.size - 1e-9))
+    if need <= 0:
+        return float(neg[0])
+    return float(np.nextafter(neg[min(need, neg.size) - 1], np.inf))
+
+
 def roc_curve(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> RocCurve:
     y, s = _as_arrays(labels, scores)
     if len(np.unique(y)) < 2:
@@ -197,6 +211,35 @@ def auc_from_histograms(neg_counts: Sequence[int] | np.ndarray, pos_counts: Sequ
         return float("nan")
     neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
     return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+def _batched_histogram_auc(neg: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """auc_from_histograms of each row of [R, bins] count arrays; NaN for rows with one class."""
+    n_neg, n_pos = neg.sum(axis=1), pos.sum(axis=1)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+
+
+def bootstrap_auc_ci_from_histograms(neg_counts: Sequence[int] | np.ndarray, pos_counts: Sequence[int] | np.ndarray,
+                                     n: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the histogram AUC: resampling N images with replacement is drawing their
+    bin-and-class counts from a multinomial over the 2 x bins cells, so the histograms suffice.
+    Resamples with a single class are skipped (as in bootstrap_auc_ci)."""
+    neg, pos = _check_hist(neg_counts, pos_counts)
+    total = int(neg.sum() + pos.sum())
+    if neg.sum() == 0 or pos.sum() == 0 or n < 1:
+        return float("nan"), float("nan")
+    occupied = (neg + pos) > 0  # empty bins change no AUC; dropping them makes each draw ~bins/N times cheaper
+    neg, pos = neg[occupied], pos[occupied]
+    cells = np.concatenate([neg, pos]) / total
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, n, 256):  # chunks bound memory with 1000-bin histograms
+        draws = rng.multinomial(total, cells, size=min(256, n - start)).astype(np.float64)
+        values.append(_batched_histogram_auc(draws[:, :neg.size], draws[:, neg.size:]))
+    out = np.concatenate(values)
+    return _interval(out[np.isfinite(out)], level)
 
 
 def roc_from_histograms(neg_counts: Sequence[int] | np.ndarray, pos_counts: Sequence[int] | np.ndarray) -> RocCurve:

@@ -6,7 +6,23 @@ Flower 1.42 has no public hook for these needs:
   empty run config) and whose Ray start-up we time and shut down ourselves;
 - a longer SQLite busy timeout for the SuperLink's state DB (`flwr.supercore.sql_mixin.SQLITE_PRAGMAS`):
   5 s is too short on a loaded coordinator and a site's reply is then lost with HTTP 500;
-- the serialised size of a message (`flwr.supercore.inflatable...get_all_nested_objects`).
+- the serialised size of a message (`flwr.supercore.inflatable...get_all_nested_objects`);
+- site-pinned code: a site checks the app bundle (FAB) bytes before Flower unpacks or imports
+  anything of it. `flwr-clientapp` (`flwr.supernode.cli.flwr_clientapp`) pulls the task with
+  `run_clientapp.pull_task_input` and then calls `run_clientapp.install_from_fab(fab.content)`;
+  the guard wraps both module globals, so a refusal raised before installation becomes Flower's
+  own error reply to the coordinator (the message was already pulled);
+- the FAB builder `flwr run` uses (`flwr.cli.build.build_fab_from_disk`), so a site computes the
+  hash of the bundle its installed release ships;
+- a longer task-token grace in the SuperNode (`flwr.supercore.corestate.in_memory_corestate.
+  HEARTBEAT_DEFAULT_INTERVAL`, 30 s): a `flwr-clientapp` that has not sent its first heartbeat
+  30 s after it was claimed loses its token, and on a loaded machine (measured: 31 s just to
+  print `flwr-clientapp --help` at load average 95 on 2 cores) every try fails and the
+  SuperExec relaunches it again and again;
+- the per-message ClientApp process: SuperExec starts the command `TASK_TYPE_TO_COMMAND[CLIENT_APP]`
+  (`flwr-clientapp`) by bare name through PATH, with `--runtime-api-address ... --token ...`, and its
+  entry point is `flwr.supernode.cli.flwr_clientapp` (client/launcher.py runs that entry point,
+  behind the app guard, in a pre-started process instead of a cold one).
 
 pyproject pins flwr to 1.42.x; `check_flower_version()` refuses another release with one line, and
 tests/test_flower_private.py fails loudly when a name below disappears.
@@ -16,7 +32,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from mammo_fl.common.utils.errors import ConfigError
@@ -34,7 +52,21 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("flwr.supercore.sql_mixin", "SQLITE_PRAGMAS"),
     ("flwr.supercore.inflatable.inflatable_object", "get_all_nested_objects"),
     ("flwr.common.config", "get_fused_config_from_dir"),
+    ("flwr.supernode.runtime.run_clientapp", "pull_task_input"),
+    ("flwr.supernode.runtime.run_clientapp", "install_from_fab"),
+    ("flwr.supernode.cli", "flwr_clientapp"),
+    ("flwr.cli.build", "build_fab_from_disk"),
+    ("flwr.supercore.corestate.in_memory_corestate", "HEARTBEAT_DEFAULT_INTERVAL"),
+    ("flwr.supernode.cli", "flower_supernode"),
+    ("flwr.supercore.constant", "TASK_TYPE_TO_COMMAND"),
 )
+
+
+def clientapp_command() -> str:
+    """The command Flower's SuperExec runs for every ClientApp message (looked up through PATH)."""
+    from flwr.supercore.constant import TaskType
+
+    return str(resolve("flwr.supercore.constant", "TASK_TYPE_TO_COMMAND")[TaskType.CLIENT_APP])
 
 
 def check_flower_version() -> None:
@@ -55,6 +87,41 @@ def patch_sqlite_busy_timeout(ms: int) -> None:
     sql_mixin.SQLITE_PRAGMAS = tuple(
         (name, str(ms)) if name == "busy_timeout" else (name, value) for name, value in sql_mixin.SQLITE_PRAGMAS
     )
+
+
+def guard_app_bundles(check: Callable[[bytes, Any], None]) -> None:
+    """In a `flwr-clientapp` process: call `check(fab_bytes, task)` before Flower installs a bundle.
+
+    `task` has the pulled message, context, run and fab (attributes). `check` raising stops the
+    task before any file of the bundle is written or imported; Flower then sends its error reply."""
+    module = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+    pull, install = module.pull_task_input, module.install_from_fab
+    task = SimpleNamespace(message=None, context=None, run=None, fab=None)
+
+    def pull_task_input(client: Any) -> Any:
+        task.message, task.context, task.run, task.fab = pull(client)
+        return task.message, task.context, task.run, task.fab
+
+    def install_from_fab(fab_file: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(fab_file, bytes):
+            raise TypeError("the app guard checks bundle bytes only")
+        check(fab_file, task)
+        return install(fab_file, *args, **kwargs)
+
+    module.pull_task_input = pull_task_input
+    module.install_from_fab = install_from_fab
+
+
+def run_flwr_clientapp() -> None:
+    """Flower's own `flwr-clientapp` entry point (arguments from sys.argv)."""
+    resolve("flwr.supernode.cli", "flwr_clientapp")()
+
+
+def patch_task_token_grace(seconds: int) -> None:
+    """In a SuperNode process: ClientApp tasks keep their token `seconds` before the first heartbeat
+    (and 2 x `seconds` between heartbeats) instead of 30 s / 60 s."""
+    module = importlib.import_module("flwr.supercore.corestate.in_memory_corestate")
+    module.HEARTBEAT_DEFAULT_INTERVAL = max(int(module.HEARTBEAT_DEFAULT_INTERVAL), int(seconds))
 
 
 def serialized_size(content: Any) -> int:

@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -167,33 +168,54 @@ def port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port)) == 0
 
 
-def probe_health(address: str, insecure: bool, timeout_s: float = 2.0) -> str | None:
-    """None when the SuperLink at `address` answers /health, else a short reason."""
+class TlsRefused(MammoError):
+    """The peer's certificate does not verify against the CA or name the dialled host."""
+
+
+def _tls_context(ca: Path | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def probe_health(address: str, insecure: bool, timeout_s: float = 2.0, ca: Path | None = None) -> str | None:
+    """None when the SuperLink (or its proxy) at `address` answers /health, else a short reason.
+
+    Over TLS (`insecure` false) the certificate must verify against `ca` (the system store when
+    None) and name the host; a certificate problem raises TlsRefused (retrying cannot fix it)."""
     host, port = parse_address(address)
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     scheme = "http" if insecure else "https"
-    url = f"{scheme}://{host}:{port}/health"
+    url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/health"
+    context = None if insecure else _tls_context(ca)
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - fixed scheme
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:  # noqa: S310 - fixed scheme
             return None if resp.status == 200 else f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
     except urllib.error.URLError as exc:
         reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise TlsRefused(f"TLS: the certificate of {address} does not verify against "
+                             f"{ca or 'the system CA store'}: {reason.verify_message}") from None
         return getattr(reason, "strerror", None) or str(reason)
+    except ssl.SSLCertVerificationError as exc:
+        raise TlsRefused(f"TLS: the certificate of {address} does not verify against "
+                         f"{ca or 'the system CA store'}: {exc.verify_message}") from None
     except (OSError, TimeoutError) as exc:
         return getattr(exc, "strerror", None) or type(exc).__name__
 
 
-def wait_healthy(address: str, insecure: bool, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def wait_healthy(address: str, insecure: bool, timeout_s: float, proc: subprocess.Popen | None = None,
+                 ca: Path | None = None) -> None:
     """Block until /health answers; fail early if the daemon `proc` died."""
     deadline = time.monotonic() + timeout_s
     reason = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise MammoError(f"Flower daemon exited with status {proc.returncode} before becoming healthy")
-        reason = probe_health(address, insecure) or ""
+        reason = probe_health(address, insecure, ca=ca) or ""
         if not reason:
             return
         time.sleep(0.3)
@@ -205,3 +227,15 @@ def toml_literal(value: str) -> str:
     if "'" in value or "\n" in value:
         raise MammoError(f"value {value!r} cannot contain a quote or newline")
     return f"'{value}'"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost / 127.0.0.0/8 / ::1 (the only hosts `--insecure` lab mode may use)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -9,11 +9,13 @@ and the ConfigRecord a site receives, so server, client and simulations share on
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mammo_fl.common.federation import protocol as P
+from mammo_fl.common.federation.wire import check_wire_dtype
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
 
@@ -30,6 +32,8 @@ FINETUNE_KEYS: dict[str, str] = {
     "proximal-mu": "proximal_mu",
 }
 _FT_DEFAULTS = FineTuneConfig()
+# `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.
+FED_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def coerce_value(key: str, value: Any, default: Any) -> Any:
@@ -88,6 +92,10 @@ class RoundConfig:
     num_threads: int = 0
     tta: bool = False
     hist_bins: int = 1000
+    evaluate: bool = False  # score the received model on the validation split before training (fused round)
+    train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
+    registered_site: str = ""  # the name the receiving node's key is registered under ("" in lab mode)
     # differential privacy asked of the site (0 = off): clip the update to this L2 norm, add Gaussian noise
     # of std dp_site_noise x dp_clip_norm to it, add Gaussian noise of this std (counts) to each histogram bin
     dp_clip_norm: float = 0.0
@@ -96,7 +104,8 @@ class RoundConfig:
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins", "dp_clip_norm", "dp_site_noise", "dp_histogram_noise")
+                "hist_bins", "evaluate", "train_layers", "wire_dtype", "registered_site", "dp_clip_norm",
+                "dp_site_noise", "dp_histogram_noise")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord
@@ -122,4 +131,15 @@ class RoundConfig:
         except ValueError:
             raise ConfigError("round config: model-spec / preprocessing are not JSON") from None
         values["finetune"] = finetune_from_keys(record)
-        return dataclasses.replace(defaults, **values)
+        if not FED_ID.match(str(values.get("fed_id", defaults.fed_id))):
+            raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
+        out = dataclasses.replace(defaults, **values)
+        check_train_layers(out.train_layers)
+        check_wire_dtype(out.wire_dtype)
+        return out
+
+
+def check_train_layers(name: str) -> str:
+    if name not in P.TRAIN_LAYERS:
+        raise ConfigError(f"train-layers {name!r} unknown; choose one of {', '.join(P.TRAIN_LAYERS)}")
+    return name

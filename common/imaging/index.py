@@ -9,12 +9,12 @@ Schemas (docs/architecture.md):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import DataError
 
 IMAGE_COLUMNS = ["image_id", "image_path", "patient_id", "laterality", "view", "label"]
@@ -133,9 +133,8 @@ def load_index(directory: str | Path) -> IndexTables:
 
 
 def _write_csv_atomic(df: pd.DataFrame, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def write_index(

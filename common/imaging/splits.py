@@ -7,11 +7,15 @@
 
 Stratification is on the patient label (1 when any image is positive): each split takes
 its share of positive and of negative patients. No patient is ever on two sides.
+
+The stratification primitives (`patients_by_class`, `shuffled_strata`) are shared with the
+hospital's local train/val split (`stratified_holdout`, used by client/site.py) and the
+simulation's nested training subsets and label-skew partitions (simulations/partition.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,6 +33,34 @@ def patient_labels(images: pd.DataFrame) -> pd.Series:
     if images.empty:
         raise DataError(None, "no images to split")
     return images.groupby(images["patient_id"].astype(str))["label"].max().astype(int).sort_index()
+
+
+def patients_by_class(labels: pd.Series) -> dict[int, list[str]]:
+    """Patient ids (`labels.index`) of each class, classes ascending, ids in the order of `labels`."""
+    return {k: [str(p) for p in labels.index[labels == k]] for k in sorted(labels.unique())}
+
+
+def shuffled_strata(labels: pd.Series, rng: np.random.Generator) -> Iterator[tuple[int, list[str]]]:
+    """(class, its patients in a random order) for each class, ascending.
+
+    Lazy: the shuffle of a class is drawn from `rng` when that class is reached, so a caller
+    may draw from the same `rng` in between (and gets the same numbers as with inline shuffles).
+    """
+    for label, ids in patients_by_class(labels).items():
+        yield label, [ids[i] for i in rng.permutation(len(ids))]
+
+
+def stratified_holdout(labels: pd.Series, fraction: float, seed: int) -> dict[str, str]:
+    """Patient -> "train" | "val": `fraction` of each class (rounded) to validation, and both sides get
+    every class that has at least two patients."""
+    out: dict[str, str] = {}
+    for _, ids in shuffled_strata(labels.sort_index(), np.random.default_rng(seed)):
+        n_val = int(round(len(ids) * fraction))
+        if len(ids) >= 2:
+            n_val = min(max(n_val, 1), len(ids) - 1)
+        for i, pid in enumerate(ids):
+            out[pid] = "val" if i < n_val else "train"
+    return out
 
 
 def _take(strata: dict[int, list[str]], count: int, rng: np.random.Generator) -> list[str]:
@@ -99,7 +131,7 @@ def split_patients(
     """DataFrame[patient_id, split] (train|val|test), stratified on the patient label."""
     labels = patient_labels(images_df)
     rng = np.random.default_rng(seed)
-    strata: dict[int, list[str]] = {k: list(labels.index[labels == k]) for k in sorted(labels.unique())}
+    strata = patients_by_class(labels)
     steps = _fractions(scheme)
     assigned: dict[str, str] = {}
     for i, (name, fraction) in enumerate(steps):

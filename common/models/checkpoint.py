@@ -8,9 +8,7 @@ and optionally `training_state` (optimizer / epoch counters for resuming).
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import ConfigError, DataError
 from mammo_fl.common.models import MODEL_KINDS, build_model
 
@@ -82,16 +81,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str, model_spec
     }
     if training_state is not None:
         payload["training_state"] = training_state
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -109,6 +100,17 @@ def _read(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any
         if key not in payload:
             raise DataError(path, f"checkpoint lacks {key!r}")
     return payload
+
+
+def update_checkpoint_metrics(path: str | Path, metrics: dict[str, Any], copy_to: str | Path | None = None) -> None:
+    """Replace the metrics a checkpoint carries, weights and everything else unchanged (atomically);
+    with `copy_to`, that file gets the same bytes too. Federated rounds learn a model's validation
+    figures one round after its checkpoint was written."""
+    payload = _read(path)
+    payload["metrics"] = _plain(metrics, "metrics")
+    for dest in (path, copy_to) if copy_to is not None else (path,):
+        with atomic_path(dest) as tmp:
+            torch.save(payload, tmp)
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """5-class patch classifiers: a convolutional trunk + global average pooling + one dense layer.
 
-Trunks are torchvision ResNet / VGG16 truncated as in paper-method.md §4 (ResNet: conv1..layer4;
+Trunks are torchvision ResNet / VGG16 truncated as in Shen et al. 2019, Methods: network design (ResNet: conv1..layer4;
 VGG16: `features` through the last max-pool), plus small CPU-sized backbones. Modules are named
 `trunk`, `pool`, `dropout`, `fc` so freezing by stage is a matter of picking submodules.
 """
@@ -131,7 +131,7 @@ def build_patch_model(spec: dict[str, Any]) -> PatchModel:
 
 
 def stage2_trunk_modules(trunk: nn.Module, arch: str) -> list[nn.Module]:
-    """The trunk part of the paper's stage-2 "top layers" (paper-method.md §5).
+    """The trunk part of the paper's stage-2 "top layers" (Shen et al. 2019, Methods: training of the patch classifier).
 
     ResNet50 "top 46 layers" = `layer3[5]` + `layer4`; VGG16 "top 11" = `features[17:]` (conv4_1 on).
     Small nets get the analogous share: the last unit of layer3 + layer4 (ResNet18/34/small), layer4

@@ -38,7 +38,7 @@ TRUNK_ARCHS: dict[str, tuple[int, str]] = {
 }
 TOP_TYPES = ("resnet", "vgg", "heatmap_conv", "heatmap_fc")
 
-# The paper's whole-image tops (paper-method.md §4), handy for presets and tests.
+# The paper's whole-image tops (Shen et al. 2019, Methods: whole-image classifier top layers), handy for presets and tests.
 PAPER_TOPS: dict[str, dict[str, Any]] = {
     "resnet_512x2": {"type": "resnet", "blocks": [[512, 512, 1024, 2], [512, 512, 1024, 2]]},
     "resnet_2048x1": {"type": "resnet", "blocks": [[512, 512, 2048, 1], [512, 512, 2048, 1]]},

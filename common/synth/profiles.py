@@ -14,8 +14,6 @@ import numpy as np
 
 from mammo_fl.common.utils.errors import ConfigError
 
-DOMAINS = ("film", "ffdm")
-
 
 @dataclass(frozen=True)
 class VendorProfile:
@@ -75,12 +73,6 @@ def get_profile(name: str) -> VendorProfile:
         return PROFILES[name]
     except KeyError:
         raise ConfigError(f"unknown vendor profile {name!r}; known: {', '.join(PROFILES)}") from None
-
-
-def check_domain(domain: str) -> str:
-    if domain not in DOMAINS:
-        raise ConfigError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
-    return domain
 
 
 def site_profile(site_index: int, domain: str, seed: int) -> VendorProfile:

@@ -7,7 +7,6 @@ geometric part is ONE `affine_grid` + `grid_sample` call per batch; "nearest" fi
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -135,9 +134,3 @@ class BatchAugmenter:
 def flip_views(x: torch.Tensor) -> list[torch.Tensor]:
     """The 4 flip views of the paper's augmented prediction: identity, horizontal, vertical, both."""
     return [x, torch.flip(x, dims=[-1]), torch.flip(x, dims=[-2]), torch.flip(x, dims=[-2, -1])]
-
-
-def rotation_matrix_deg(deg: float) -> torch.Tensor:
-    """Helper for tests and docs: a pure rotation as a pixel-space affine."""
-    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
-    return torch.tensor([[[c, -s], [s, c]]], dtype=torch.float64)

@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from mammo_fl.common.imaging.png16 import read_png16
 from mammo_fl.common.training.augment import AugmentSettings, BatchAugmenter, augment_batch
-from mammo_fl.common.utils.errors import DataError, MammoError
+from mammo_fl.common.utils.errors import MammoError
 
 UNLABELLED = -1
 
@@ -27,7 +28,7 @@ UNLABELLED = -1
 def to_model_tensor(arr: np.ndarray, mean: float) -> torch.Tensor:
     """uint16 image (H, W) -> float32 [3, H, W] = png / 65535 * 255 - mean.
 
-    Same arithmetic as `common.preprocess.to_model_input` (tested equal), done in torch on one channel
+    Same arithmetic as `common.imaging.geometry.to_model_input` (tested equal), done in torch on one channel
     and then copied to 3 (a third of the work on the training loop's hot path).
     """
     if arr.ndim != 2:
@@ -35,20 +36,6 @@ def to_model_tensor(arr: np.ndarray, mean: float) -> torch.Tensor:
     grey = torch.from_numpy(np.ascontiguousarray(arr).astype(np.float32))
     grey.mul_(np.float32(255.0 / 65535.0)).sub_(np.float32(mean))
     return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
-
-
-def read_png16(path: str | Path) -> np.ndarray:
-    """A cached 16-bit grey PNG (patches, masks) as uint16 (H, W)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"cannot read PNG: {exc}") from None
-    if arr.ndim != 2:
-        raise DataError(path, f"expected a grey PNG, got shape {arr.shape}")
-    return arr.astype(np.uint16) if arr.dtype != np.uint16 else arr
 
 
 def _labels(table: pd.DataFrame, column: str) -> np.ndarray:
@@ -155,7 +142,7 @@ class WholeImageDataset(_CachedImages):
 
 
 class PatchDataset(_CachedImages):
-    """Patches written by the patch sampler (common.patches): a table with `path` (16-bit PNG, relative to
+    """Patches written by the patch-set writer (common.pipeline.patches): a table with `path` (16-bit PNG, relative to
     `root` unless absolute) and the class index in `class_index` (or `label`) 0..4."""
 
     def __init__(self, patches: pd.DataFrame, mean: float, augment: bool, seed: int = 0,
@@ -202,12 +189,3 @@ def split_augmentation(dataset: Dataset, seed: int | None = None) -> tuple[Datas
                                                               dataset.augment_settings, grey=True)
     return dataset, None
 
-
-def filter_readable(images: pd.DataFrame, cache: Any, progress: bool = False, workers: int | None = None
-                    ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Build the cache for `images` and drop those that cannot be read: (usable rows, [(path, reason)])."""
-    paths = images["image_path"].astype(str).tolist()
-    report = cache.build(paths, workers=workers, progress=progress)
-    bad = {str(p) for p, _ in report.skipped}
-    keep = images[~images["image_path"].astype(str).isin(bad)].reset_index(drop=True)
-    return keep, [(str(p), str(r)) for p, r in report.skipped]

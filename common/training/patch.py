@@ -1,4 +1,4 @@
-"""3-stage patch-classifier training (paper-method.md §6): last layer, top layers, all layers.
+"""3-stage patch-classifier training (Shen et al. 2019, Methods: training of the patch classifier): last layer, top layers, all layers.
 
 Adam, batch 32, per-batch class-balancing sample weights, augmentation on the fly; model
 selection on validation patch accuracy (patches of validation patients), best over all stages.

@@ -1,4 +1,4 @@
-"""2-stage whole-image training (paper-method.md §6) with validation-AUC model selection and resume.
+"""2-stage whole-image training (Shen et al. 2019, Methods: training of the whole-image classifier) with validation-AUC model selection and resume.
 
 Stage 1 trains the new top layers (+ head) with the converted patch trunk frozen (lr 1e-4, weight
 decay 1e-3, 30 epochs in the paper); stage 2 trains all layers (1e-5, 1e-2, 20 epochs). The

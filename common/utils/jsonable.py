@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from mammo_fl.common.utils.atomic import atomic_write_json
 
 
 def jsonable(value: Any) -> Any:
@@ -27,6 +28,4 @@ def jsonable(value: Any) -> Any:
 def write_json(path: Path, data: dict[str, Any], indent: int = 1) -> None:
     """A run's JSON record (metrics, baseline, comparison, mammo-sim's run.json): strict JSON, numpy
     scalars as numbers, written atomically so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(data), indent=indent))
-    tmp.replace(path)
+    atomic_write_json(path, jsonable(data), indent=indent)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import plistlib
 import re
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from mammo_fl.common.imaging.dicom import read_header
+from mammo_fl.common.imaging.png16 import write_png
 from mammo_fl.common.utils.errors import DataError
 from mammo_fl.common.imaging.index import IMAGE_COLUMNS, ROI_COLUMNS, IndexTables
 
@@ -141,13 +141,6 @@ def rasterise_rois(
     return [(kind, m) for kind, m in masks if m.any()], ignored
 
 
-def _write_png(mask: np.ndarray, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    Image.fromarray(mask).save(tmp, format="PNG")
-    os.replace(tmp, dest)
-
-
 def build_index(src: Path, out_dir: Path | None = None, progress: bool = True) -> IndexTables:
     from tqdm import tqdm
 
@@ -203,7 +196,7 @@ def build_index(src: Path, out_dir: Path | None = None, progress: bool = True) -
                 masks = []
             for k, (kind, mask) in enumerate(masks):
                 dest = mask_dir / f"{fid}_{k}.png"
-                _write_png(mask, dest)
+                write_png(dest, mask)
                 rois.append({"image_id": fid, "roi_id": f"{fid}_{k}", "mask_path": str(dest.resolve()),
                              "abnormality": kind, "pathology": "MALIGNANT" if label else "BENIGN",
                              "pathology_source": "image BI-RADS"})

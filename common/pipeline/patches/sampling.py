@@ -1,4 +1,4 @@
-"""S1 / S10 patch sampling from annotated mammograms (Shen et al. 2019, paper-method.md §2).
+"""S1 / S10 patch sampling from annotated mammograms (Shen et al. 2019, Methods: patch sampling).
 
 Rules (all sizes in pixels of the preprocessed image):
 - a patch "overlaps" a lesion when `inter / roi_area > cutoff` OR `inter / patch_area > cutoff`
@@ -10,35 +10,22 @@ Rules (all sizes in pixels of the preprocessed image):
   x0.95 per 100 failures) and NOT overlapping ANY lesion of the image above 0.35 (never relaxed);
 - optional hard negatives: bright blobs (scale-normalised LoG maxima) that pass the background
   rules count towards the background quota.
-One RNG, seeded once per run, drives everything. Patch sets are written as 16-bit PNGs in class
-folders plus `patches.csv`, so a run can be inspected and resumed.
+One RNG, seeded once per run, drives everything. The patch-set writer (`patch_set.py`) stores
+the patches on disk.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from PIL import Image
 from scipy import ndimage
-from tqdm import tqdm
 
-from mammo_fl.common.utils.errors import ConfigError, DataError, MammoError
-
-log = logging.getLogger(__name__)
-
-CLASS_NAMES: tuple[str, ...] = ("background", "calc_benign", "calc_malignant", "mass_benign", "mass_malignant")
-PATCH_CSV = "patches.csv"
-PATCH_META = "patch_set.json"
-PATCH_COLUMNS = ["path", "image_id", "patient_id", "split", "class", "class_index", "x", "y", "roi_id", "source"]
+from mammo_fl.common.imaging.breast import breast_mask
+from mammo_fl.common.utils.errors import ConfigError, MammoError
 
 
 class SamplingFailed(MammoError):
@@ -163,20 +150,6 @@ def overlaps(mask_sum: BoxSum, cy: int, cx: int, size: int, cutoff: float) -> bo
     return roi_frac > cutoff or patch_frac > cutoff
 
 
-def breast_mask(image: np.ndarray, rel_threshold: float = 0.05) -> np.ndarray:
-    """Largest bright connected region, holes filled (the breast; drops labels and noise)."""
-    peak = float(image.max()) if image.size else 0.0
-    if peak <= 0:
-        return np.zeros(image.shape, dtype=bool)
-    fg = image > rel_threshold * peak
-    labels, n = ndimage.label(fg)
-    if n == 0:
-        return fg
-    sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
-    largest = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(largest)
-
-
 def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(row0, row1, col0, col1) inclusive bounds of the mask's largest connected component."""
     labels, n = ndimage.label(mask)
@@ -211,23 +184,44 @@ def sample_positive_centres(
     if settings.centroid_only:
         cy, cx = ndimage.center_of_mass(mask)
         return [(int(round(cy)), int(round(cx)), "centroid")]
-    r0, r1, c0, c1 = largest_component_box(mask)
     mask_sum = BoxSum(mask)
-    cutoff, failures, tries = settings.pos_cutoff, 0, 0
-    centres: list[tuple[int, int, str]] = []
+    return draw_relaxed_centres(
+        [], count, largest_component_box(mask), settings.pos_cutoff,
+        lambda cy, cx, cutoff: overlaps(mask_sum, cy, cx, size, cutoff), settings, rng, "roi", "positive",
+    )
+
+
+def draw_relaxed_centres(
+    centres: list[tuple[int, int, str]],
+    count: int,
+    box: tuple[int, int, int, int],
+    threshold: float,
+    accept: Callable[[int, int, float], bool],
+    settings: SamplingSettings,
+    rng: np.random.Generator,
+    source: str,
+    what: str,
+) -> list[tuple[int, int, str]]:
+    """Fill `centres` up to `count` with uniform draws inside `box` (row0, row1, col0, col1, inclusive)
+    that `accept(cy, cx, threshold)`; every `relax_every` rejections the threshold is relaxed x0.95.
+
+    SamplingFailed after `max_tries` draws.
+    """
+    r0, r1, c0, c1 = box
+    failures, tries = 0, 0
     while len(centres) < count:
         if tries >= settings.max_tries:
             raise SamplingFailed(
-                f"only {len(centres)}/{count} positive patches after {tries} tries (cutoff relaxed to {cutoff:.3f})"
+                f"only {len(centres)}/{count} {what} patches after {tries} tries (threshold relaxed to {threshold:.3f})"
             )
         tries += 1
         cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
-        if overlaps(mask_sum, cy, cx, size, cutoff):
-            centres.append((cy, cx, "roi"))
+        if accept(cy, cx, threshold):
+            centres.append((cy, cx, source))
         else:
             failures += 1
             if failures % settings.relax_every == 0:
-                cutoff *= 0.95
+                threshold *= 0.95
     return centres
 
 
@@ -287,20 +281,12 @@ def sample_background_centres(
             if _is_background(cy, cx, settings, tissue, lesions, settings.min_tissue):
                 centres.append((cy, cx, "blob"))
     rows, cols = np.nonzero(breast)
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
-    min_tissue, failures, tries = settings.min_tissue, 0, 0
-    while len(centres) < count:
-        if tries >= settings.max_tries:
-            raise SamplingFailed(f"only {len(centres)}/{count} background patches after {tries} tries")
-        tries += 1
-        cy, cx = int(rng.integers(r0, r1 + 1)), int(rng.integers(c0, c1 + 1))
-        if _is_background(cy, cx, settings, tissue, lesions, min_tissue):
-            centres.append((cy, cx, "random"))
-        else:
-            failures += 1
-            if failures % settings.relax_every == 0:
-                min_tissue *= 0.95
-    return centres
+    box = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    return draw_relaxed_centres(
+        centres, count, box, settings.min_tissue,
+        lambda cy, cx, min_tissue: _is_background(cy, cx, settings, tissue, lesions, min_tissue),
+        settings, rng, "random", "background",
+    )
 
 
 def sample_image(
@@ -327,161 +313,3 @@ def sample_image(
     except SamplingFailed as exc:
         out.problems.append(f"background: {exc}")
     return out
-
-
-# ---------------------------------------------------------------- patch sets on disk
-
-
-@dataclass
-class PatchSetReport:
-    out_dir: Path
-    counts: dict[str, dict[str, int]]  # split -> class -> patches
-    images: int
-    skipped: list[tuple[str, str]]  # (image_id, reason)
-    seconds: float
-    reused: bool = False
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("_") or "img"
-
-
-def write_png16(path: Path, array: np.ndarray) -> None:
-    Image.fromarray(np.ascontiguousarray(array.astype(np.uint16))).save(path)
-
-
-def read_png16(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.array(im, dtype=np.uint16)
-    except (OSError, ValueError) as exc:
-        raise DataError(path, f"cannot read patch PNG: {exc}") from None
-
-
-def _split_of_images(images: pd.DataFrame, split: pd.DataFrame | None) -> pd.Series:
-    if split is None:
-        raise DataError(None, "the index has no split.csv; run `mammo-data split` first")
-    by_patient = dict(zip(split["patient_id"].astype(str), split["split"].astype(str)))
-    return images["patient_id"].astype(str).map(by_patient)
-
-
-def _settings_signature(settings: SamplingSettings, seed: int, preprocessing: dict[str, Any], splits: Iterable[str]) -> dict:
-    return {"sampling": asdict(settings), "seed": int(seed), "preprocessing": preprocessing, "splits": sorted(splits)}
-
-
-def load_patch_set(out_dir: Path) -> pd.DataFrame:
-    """patches.csv of a finished patch set, with absolute `abs_path` added."""
-    csv = Path(out_dir) / PATCH_CSV
-    if not csv.is_file():
-        raise DataError(csv, "no patch set here (run `mammo-train patches` first)")
-    df = pd.read_csv(csv, dtype={"image_id": str, "patient_id": str, "roi_id": str}, keep_default_na=False)
-    missing = set(PATCH_COLUMNS) - set(df.columns)
-    if missing:
-        raise DataError(csv, f"missing column(s) {', '.join(sorted(missing))}")
-    df["abs_path"] = [str(Path(out_dir) / p) for p in df["path"]]
-    return df
-
-
-def build_patch_set(
-    images: pd.DataFrame,
-    rois: pd.DataFrame | None,
-    split: pd.DataFrame | None,
-    cache: Any,
-    settings: SamplingSettings,
-    out_dir: Path,
-    seed: int,
-    *,
-    splits: Sequence[str] = ("train", "val"),
-    preprocessing: dict[str, Any] | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> PatchSetReport:
-    """Sample and write the patch set of the images whose patient is in `splits`.
-
-    Test patients never contribute (they are refused in `splits`). A finished set with the same
-    settings, seed and preprocessing is reused. `cache` is an ImageCache (`load`, `load_mask`).
-    """
-    if "test" in splits:
-        raise ConfigError("test patients must never contribute patches")
-    out_dir = Path(out_dir)
-    signature = _settings_signature(settings, seed, preprocessing or {}, splits)
-    meta_path = out_dir / PATCH_META
-    if meta_path.is_file() and (out_dir / PATCH_CSV).is_file() and not overwrite:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("signature") == signature:
-            log.info("reusing patch set %s", out_dir)
-            return PatchSetReport(out_dir, meta["counts"], meta["images"], [tuple(s) for s in meta["skipped"]], 0.0, True)
-        log.info("patch set %s has other settings; rebuilding", out_dir)
-    if rois is None or rois.empty:
-        raise DataError(None, "the index has no ROI annotations (rois.csv); patch sampling needs them")
-    start = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (PATCH_CSV, PATCH_META):
-        (out_dir / name).unlink(missing_ok=True)
-    for name in CLASS_NAMES:
-        (out_dir / name).mkdir(exist_ok=True)
-        for old in (out_dir / name).glob("*.png"):
-            old.unlink()
-    frame = images.copy()
-    frame["split"] = _split_of_images(frame, split)
-    skipped: list[tuple[str, str]] = []
-    no_split = frame[frame["split"].isna()]
-    skipped += [(str(i), "patient has no split") for i in no_split["image_id"]]
-    chosen = frame[frame["split"].isin(list(splits))]
-    rois_by_image = {str(k): g for k, g in rois.groupby(rois["image_id"].astype(str))}
-    rng = np.random.default_rng(seed)
-    rows: list[dict[str, Any]] = []
-    class_index = {n: i for i, n in enumerate(CLASS_NAMES)}
-    iterator = tqdm(chosen.itertuples(index=False), total=len(chosen), desc="patches", disable=not progress)
-    n_images = 0
-    for rec in iterator:
-        image_id = str(rec.image_id)
-        try:
-            image = cache.load(rec.image_path)
-            roi_inputs = []
-            for roi in rois_by_image.get(image_id, pd.DataFrame()).itertuples(index=False):
-                try:
-                    cls = patch_class(roi.abnormality, roi.pathology)
-                except ValueError as exc:
-                    skipped.append((image_id, f"ROI {roi.roi_id}: {exc}"))
-                    continue
-                mask = cache.load_mask(roi.mask_path, rec.image_path)
-                roi_inputs.append(RoiInput(str(roi.roi_id), np.asarray(mask, dtype=bool), cls))
-        except MammoError as exc:
-            skipped.append((image_id, str(exc)))
-            continue
-        sample = sample_image(image, roi_inputs, settings, rng)
-        skipped += [(image_id, p) for p in sample.problems]
-        n_images += 1
-        stem = _safe_name(image_id)
-        for k, spec in enumerate(sample.patches):
-            rel = f"{spec.class_name}/{stem}_{k:03d}.png"
-            write_png16(out_dir / rel, extract_patch(image, spec.y, spec.x, settings.patch_size))
-            rows.append(
-                {
-                    "path": rel,
-                    "image_id": image_id,
-                    "patient_id": str(rec.patient_id),
-                    "split": rec.split,
-                    "class": spec.class_name,
-                    "class_index": class_index[spec.class_name],
-                    "x": spec.x,
-                    "y": spec.y,
-                    "roi_id": spec.roi_id,
-                    "source": spec.source,
-                }
-            )
-    table = pd.DataFrame(rows, columns=PATCH_COLUMNS)
-    counts = {
-        s: {c: int(((table["split"] == s) & (table["class"] == c)).sum()) for c in CLASS_NAMES} for s in splits
-    }
-    table.to_csv(out_dir / PATCH_CSV, index=False)
-    seconds = time.perf_counter() - start
-    meta = {"signature": signature, "counts": counts, "images": n_images, "skipped": skipped, "seconds": seconds,
-            "class_names": list(CLASS_NAMES)}
-    meta_path.write_text(json.dumps(meta, indent=1))  # written last: marks the set as complete
-    for image_id, reason in skipped[:20]:
-        log.warning("patches: skipped %s: %s", image_id, reason)
-    if len(skipped) > 20:
-        log.warning("patches: %d more problems listed in %s", len(skipped) - 20, meta_path)
-    return PatchSetReport(out_dir, counts, n_images, skipped, seconds)

@@ -1,0 +1,1 @@
+"""Bundled TOML presets (data only; loaded by path from common.utils.config)."""
