@@ -7,6 +7,8 @@ INbreast-like dataset; one pooled fine-tuning and one federated fine-tuning (2 s
     python benchmarks/bench_simulation.py                 # short run
     python benchmarks/bench_simulation.py --quick         # the `quick` preset end to end (~10+ min)
     python benchmarks/bench_simulation.py --from-run DIR  # analyse an existing mammo-sim output folder
+    python benchmarks/bench_simulation.py --sites 2,5,10,20 [--patients 72 --rounds 2 --plot docs/sim_scaling.png]
+        # cost as sites grow: one federated run per K at a fixed total of patients (sim_scaling.py)
 
 Figures printed side by side: total wall time, Ray start-up, Flower simulation time,
 summed round time, slowest site's training per round, per-round overhead (messaging,
@@ -94,7 +96,7 @@ def _queue_seconds(job: dict, slots: int) -> float:
     return max(0.0, total / slots - slowest) if total else 0.0
 
 
-def _tiny_inputs(work: Path) -> tuple[Path, Path]:
+def _tiny_inputs(work: Path, patients: int = 20) -> tuple[Path, Path]:
     """A tiny whole-image checkpoint and a small synthetic INbreast-like release folder."""
     import torch
 
@@ -110,7 +112,7 @@ def _tiny_inputs(work: Path) -> tuple[Path, Path]:
     save_checkpoint(ckpt, model, kind="whole_image", model_spec=spec,
                     preprocessing={"height": 128, "width": 96, "mode": "paper", "mean": 40.0},
                     class_names=["not_malignant", "malignant"])
-    data = generate_dataset("inbreast", work / "inbreast", 20, 5, size=(320, 256), prevalence=0.5)
+    data = generate_dataset("inbreast", work / "inbreast", patients, 5, size=(320, 256), prevalence=0.5)
     return ckpt, data
 
 
@@ -119,11 +121,23 @@ def main() -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="run the quick preset end to end")
     mode.add_argument("--from-run", type=Path, help="analyse an existing mammo-sim output folder")
+    mode.add_argument("--sites", help="comma-separated K: wall time and peak memory of one federated run per K")
+    parser.add_argument("--patients", type=int, default=72, help="--sites: total training patients (fixed over K)")
+    parser.add_argument("--rounds", type=int, default=2, help="--sites: federated rounds")
+    parser.add_argument("--local-epochs", type=int, default=1, help="--sites: local epochs per round")
+    parser.add_argument("--plot", type=Path, default=None, help="--sites: write the scaling plot here")
+    parser.add_argument("--tiny", action="store_true",
+                        help="--sites: a tiny model on small synthetic data (isolates the per-site framework cost; "
+                        "minutes) instead of the quick preset's source model and target")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--sites: extra mammo-sim --set overrides (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
     args = parser.parse_args()
     if args.from_run:
         report(args.from_run)
         return 0
+    if args.sites:
+        return _scaling(args)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench_sim_"))
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mammo_fl.simulations.cli", "--out", str(work / "run")]
@@ -146,6 +160,28 @@ def main() -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report(work / "run", wall)
     print(f"peak RSS of the largest child process: {peak_mb:.0f} MB")
+    return 0
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    from sim_scaling import format_report, plot, run_scaling
+
+    ks = sorted({int(k) for k in args.sites.split(",") if k.strip()})
+    work = args.out or Path(tempfile.mkdtemp(prefix="bench_sites_"))
+    work.mkdir(parents=True, exist_ok=True)
+    extra = [item for o in args.overrides for item in ("--set", o)]
+    if args.tiny:
+        # enough patients that 70% of them fill `--patients` training patients and the 30% validation
+        # patients can be dealt one or more to each of the largest K sites
+        ckpt, data = _tiny_inputs(work, patients=max(int(args.patients / 0.7), int(max(ks) / 0.3)) + 4)
+        extra = ["--model", str(ckpt), "--inbreast", str(data), "--cache-dir", str(work / "cache"),
+                 "--set", "finetune.batch_size=4", *extra]
+    rows = run_scaling(ks, args.patients, args.rounds, args.local_epochs, work, extra)
+    print()
+    print(format_report(rows))
+    if args.plot:
+        print(f"plot: {plot(rows, args.plot)}")
+    print(f"rows: {work / 'scaling.json'}")
     return 0
 
 

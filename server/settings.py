@@ -50,6 +50,9 @@ class FederationSettings:
     device: str = "auto"
     num_threads: int = 0  # 0 = torch default
     tta: bool = False
+    # server-side step (fedavgm): new = w - server_lr * (momentum buffer of w - mean(w_sites))
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     # server-side optimiser (fedadam / fedyogi)
     eta: float = 1e-4
     eta_l: float = 1e-5
@@ -134,6 +137,8 @@ class FederationSettings:
             raise ConfigError("hist-bins must be >= 10")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError("val-fraction must be in (0, 1)")
+        if self.server_lr <= 0 or not 0.0 <= self.server_momentum < 1.0:
+            raise ConfigError("server-lr must be > 0 and server-momentum in [0, 1)")
         if self.round_timeout <= 0 or self.site_wait_timeout <= 0:
             raise ConfigError("round-timeout and site-wait-timeout must be > 0 (Flower would wait forever)")
         if not 0.0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:

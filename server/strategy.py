@@ -1,11 +1,14 @@
 """Aggregation: Flower's strategies (common/federation/strategies.py) on screened replies, plus FedBN.
 
 We run our own round loop (bounded waits, screening, checkpoints) and use the Flower strategy
-object only for what it is good at: `aggregate_train`. Floating-point weights go through the
-strategy; integer buffers (BatchNorm's `num_batches_tracked`) get a rounded weighted mean.
+object only for what it is good at: `aggregate_train`. Learnable floating-point weights go through
+the strategy. BatchNorm statistics (`running_mean`, `running_var`) are averages, not parameters:
+they get the plain weighted mean, since a server step (FedAvgM's learning rate and momentum,
+FedAdam) would extrapolate them -- even to a negative variance. Integer buffers
+(`num_batches_tracked`) get a rounded weighted mean.
 With FedBN the sites do not send BatchNorm weights/statistics, so the global model keeps its
-own and only the rest is aggregated. FedOpt moments (m_t, v_t) are saved in the run folder so
-`--resume` continues with the same optimiser state.
+own and only the rest is aggregated. FedOpt moments (m_t, v_t) and FedAvgM's momentum are saved in
+the run folder so `--resume` continues with the same optimiser state.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def build_strategy(s: FederationSettings) -> Any:
         return fs.FedAvg(**common)
     if s.strategy == "fedprox":
         return fs.FedProx(proximal_mu=s.finetune.proximal_mu, **common)
+    if s.strategy == "fedavgm":
+        return fs.FedAvgM(server_learning_rate=s.server_lr, server_momentum=s.server_momentum, **common)
     opt = dict(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
     if s.strategy == "fedadam":
         return fs.FedAdam(**common, **opt)
@@ -47,8 +52,15 @@ def build_strategy(s: FederationSettings) -> Any:
     return fs.FedYogi(**common, **opt)
 
 
+STATISTICS = ("running_mean", "running_var")
+
+
 def _is_float(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.floating)
+
+
+def _is_statistic(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in STATISTICS
 
 
 def aggregate(
@@ -58,8 +70,8 @@ def aggregate(
     from flwr.app import MetricRecord, RecordDict
 
     sent_keys = sorted(accepted[0].arrays or {})
-    float_keys = [k for k in sent_keys if _is_float(global_arrays[k])]
-    int_keys = [k for k in sent_keys if not _is_float(global_arrays[k])]
+    float_keys = [k for k in sent_keys if _is_float(global_arrays[k]) and not _is_statistic(k)]
+    mean_keys = [k for k in sent_keys if k not in float_keys]  # BatchNorm statistics and integer counters
     messages = []
     for rep in accepted:
         arrays = {k: rep.arrays[k] for k in float_keys}
@@ -70,8 +82,11 @@ def aggregate(
             }
         )
         messages.append(_Reply(content))
-    if hasattr(strategy, "current_arrays"):  # FedOpt: what its configure_train would have set
-        strategy.current_arrays = {k: global_arrays[k] for k in float_keys}
+    current = {k: global_arrays[k] for k in float_keys}
+    if type(strategy).__name__ == "FedAvgM":  # what its configure_train would have set (an ArrayRecord)
+        strategy.current_arrays = P.numpy_to_arrayrecord(current)
+    elif hasattr(strategy, "current_arrays"):  # FedOpt: the same, as a dict
+        strategy.current_arrays = current
     new_record, _metrics = strategy.aggregate_train(server_round, messages)
     if new_record is None:
         raise RuntimeError("strategy returned no aggregate")
@@ -80,9 +95,9 @@ def aggregate(
         new[k] = np.asarray(v, dtype=global_arrays[k].dtype).reshape(global_arrays[k].shape)
     weights = np.array([rep.metrics["num-examples"] for rep in accepted], dtype=np.float64)
     weights /= weights.sum()
-    for k in int_keys:
+    for k in mean_keys:
         mean = sum(w * rep.arrays[k].astype(np.float64) for w, rep in zip(weights, accepted, strict=True))
-        new[k] = np.rint(mean).astype(global_arrays[k].dtype)
+        new[k] = (mean if _is_float(global_arrays[k]) else np.rint(mean)).astype(global_arrays[k].dtype)
     return new
 
 
@@ -101,18 +116,21 @@ class _Reply:
 
 
 def strategy_snapshot(strategy: Any) -> dict[str, np.ndarray]:
-    """FedOpt moments (m_t, v_t) as flat `name/key` arrays; Flower's FedOpt replaces these dicts every
-    round (it never updates them in place), so the references stay valid while a commit writes them."""
+    """FedOpt moments (m_t, v_t) and FedAvgM's momentum (a list, in key order) as flat `name/key` arrays.
+    Flower's FedOpt replaces the moment dicts every round (never in place), so those references stay
+    valid while a background commit writes them; the momentum arrays are copied (cheap, and safe)."""
     arrays: dict[str, np.ndarray] = {}
     for name in ("m_t", "v_t"):
         moments = getattr(strategy, name, None)
         for k, v in (moments or {}).items():
             arrays[f"{name}/{k}"] = np.asarray(v)
+    for i, v in enumerate(getattr(strategy, "momentum_vector", None) or []):
+        arrays[f"momentum_vector/{i:06d}"] = np.array(v)
     return arrays
 
 
 def save_strategy_state(strategy: Any, path: Path) -> None:
-    """FedOpt moments (m_t, v_t) -> npz (a strategy or its `strategy_snapshot`); other strategies are
+    """The strategy's state (a strategy or its `strategy_snapshot`) -> npz; other strategies are
     stateless between rounds."""
     arrays = strategy if isinstance(strategy, dict) else strategy_snapshot(strategy)
     with atomic_path(path) as tmp:
@@ -129,6 +147,9 @@ def load_strategy_state(strategy: Any, path: Path) -> int:
             name, _, k = key.partition("/")
             restored.setdefault(name, {})[k] = data[key]
     for name, moments in restored.items():
-        if hasattr(strategy, name):
+        if name == "momentum_vector":
+            if hasattr(strategy, name):
+                setattr(strategy, name, [moments[k] for k in sorted(moments)])
+        elif hasattr(strategy, name):
             setattr(strategy, name, moments)
     return sum(len(m) for m in restored.values())

@@ -1,10 +1,12 @@
 """`mammo-sim`: transfer curves across virtual sites on Flower's Simulation Engine.
 
     mammo-sim --preset {quick,full,paper} --out DIR [--model CKPT]
-              [--inbreast SRC | --sites-dir DIR] [--set key=value ...]
+              [--inbreast SRC | --sites-dir DIR] [--ray-address HOST:PORT] [--set key=value ...]
+    mammo-sim compare RUN_A[:METHOD] RUN_B[:METHOD] [--out FILE.csv] [--resamples N]
 
-Writes DIR/transfer_curve.csv, DIR/transfer_table.csv, DIR/transfer_curve.png and
-DIR/run.json, and prints the Table-4-like summary and the plot path.
+Writes DIR/transfer_curve.csv, DIR/transfer_table.csv, DIR/transfer_curve.png, DIR/run.json and
+DIR/predictions/ (per-image validation scores of every arm), and prints the Table-4-like summary
+and the plot path. `compare` pairs two arms image by image (simulations/pairs.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a folder of site folders, each with manifest.csv (their union is the target data)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset value, e.g. --set experiment.seeds=[0,1] (repeatable)")
+    parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                        help="run the virtual sites on this existing Ray cluster (= --set flower.ray_address=...); "
+                        "per-site resources: [flower] client_num_cpus / client_num_gpus")
     parser.add_argument("--run-config", dest="run_config", action="append", default=[], metavar="KEY=VALUE",
                         help="a Flower run-config key for the federated arm, e.g. strategy=fedmedian, "
                         "dp.noise-multiplier=0.5, test-faults='site_02=scale:1000' (repeatable; keys of "
@@ -43,8 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_compare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mammo-sim compare",
+        description="AUC(A) - AUC(B) of two arms on the same validation images, per seed and mean over seeds, "
+        "with patient-level paired bootstrap CIs. An arm is RUN (its federated arm) or RUN:pooled / RUN:federated.")
+    parser.add_argument("arm_a", help="RUN_A[:METHOD]")
+    parser.add_argument("arm_b", help="RUN_B[:METHOD]")
+    parser.add_argument("--out", type=Path, default=None, help="also write the per-seed rows and the means as CSV")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     return run_cli(_main, argv)
+
+
+def _compare(argv: list[str]) -> int:
+    import pandas as pd
+
+    from mammo_fl.simulations.pairs import Arm, compare_arms, format_comparison
+
+    args = build_compare_parser().parse_args(argv)
+    a, b = Arm.parse(args.arm_a), Arm.parse(args.arm_b)
+    per_seed, summary = compare_arms(a, b, resamples=args.resamples)
+    print(format_comparison(a, b, per_seed, summary))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        rows = pd.concat([per_seed.assign(kind="seed"), summary.assign(kind="mean")], ignore_index=True)
+        rows.to_csv(args.out, index=False)
+        print(f"comparison: {args.out}")
+    return 0
 
 
 def _interrupt_on_sigterm() -> None:
@@ -58,12 +92,23 @@ def _interrupt_on_sigterm() -> None:
 
 
 def _main(argv: list[str] | None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        return _compare(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.ray_address is not None:
+        args.overrides = [*args.overrides, f"flower.ray_address={args.ray_address!r}"]
     _interrupt_on_sigterm()
     from mammo_fl.common.utils.config import load_config
     from mammo_fl.simulations.settings import parse_settings
 
-    parse_settings(load_config(args.preset, "sim", args.overrides))  # fail fast, before torch/Flower load
+    settings = parse_settings(load_config(args.preset, "sim", args.overrides))  # fail fast, before torch/Flower load
+    if settings.flower.ray_address:
+        from mammo_fl.simulations.flower_sim import check_ray_address
+
+        check_ray_address(settings.flower.ray_address)  # not after minutes of source-model building
     run_config = parse_run_config(args.run_config)
     from mammo_fl.simulations.driver import run_simulation_study
 

@@ -15,11 +15,12 @@ from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.utils.device import select_device, set_cpu_threads
 from mammo_fl.common.utils.errors import ConfigError, DataError
 from mammo_fl.simulations.experiment import TransferExperiment
+from mammo_fl.simulations.partition import check_grouping, patient_table
 from mammo_fl.simulations.plot import plot_transfer_curves
 from mammo_fl.simulations.results import environment_record, format_table, summary_table, write_run_record
 from mammo_fl.simulations.runners.scoring import ExperimentData
 from mammo_fl.simulations.runners.federated import run_federated
-from mammo_fl.simulations.settings import SimSettings, parse_settings
+from mammo_fl.simulations.settings import SimSettings, parse_settings, target_vendors
 from mammo_fl.simulations.source import resolve_source_model
 from mammo_fl.simulations.target import TargetData, load_target
 
@@ -103,9 +104,11 @@ def run_simulation_study(
     print(f"mammo-sim: source model {source.path} ({how}{quality})")
 
     t = time.perf_counter()
-    target = load_target(inbreast, sites_dir, settings.target, cache_root)
+    target = load_target(inbreast, sites_dir, settings.target, cache_root, vendors=target_vendors(settings))
     cache, images = _prepare_images(target, source.preprocessing, cache_root, record)
     train, val = _split(images, target.split)
+    if exp.partition in ("vendor", "site"):  # fail now, not in every federated job
+        check_grouping(patient_table(train), exp.partition, max(exp.k_sites))
     timings["target_data"] = round(time.perf_counter() - t, 2)
     record["target"] = {
         **target.description, "train_patients": int(train["patient_id"].nunique()), "train_images": len(train),
@@ -155,7 +158,8 @@ def run_simulation_study(
     write_run_record(run_json, record)
 
     print()
-    print("Validation AUC by training-set size (Table 4 layout; mean ± sd over seeds, local: over sites and seeds)")
+    print("Validation AUC by training-set size (Table 4 layout; mean ± sd over seeds, local: over sites and seeds;")
+    print("paper T4: Shen et al. 2019 Table 4 on real INbreast, range over its four models, for reference)")
     print(format_table(table))
     if experiment.record.failures:
         print(f"\nmammo-sim: {len(experiment.record.failures)} job(s) failed (see run.json):")

@@ -3,13 +3,15 @@
 For every seed and training-set size: draw a stratified patient subset (nested across
 sizes), fine-tune pooled, then for every K partition the subset into K sites at patient
 level and run federated fine-tuning and each site alone. Every model is scored on the
-same fixed validation set. Rows are appended to the CSV as jobs finish; a failed job is
+same fixed validation set, and its per-image scores are kept (predictions/*.csv) so two arms
+can be compared image by image. Rows are appended to the CSV as jobs finish; a failed job is
 recorded and reported, and the grid goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from mammo_fl.simulations.settings import SimSettings
 log = logging.getLogger(__name__)
 
 CSV_NAME = "transfer_curve.csv"
+PREDICTIONS_DIR = "predictions"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,13 @@ class Job:
     def label(self) -> str:
         k = f" K={self.k_sites}" if self.k_sites else ""
         return f"{self.method}{k} n={self.patients} seed={self.seed}"
+
+    def predictions_name(self, site: str = "") -> str:
+        """File of the job's per-image validation scores (one per site for `local`)."""
+        if self.method == "none":
+            return "none.csv"
+        k = f"_k{self.k_sites}" if self.k_sites else ""
+        return f"{self.method}{k}_n{self.patients}_seed{self.seed}{'_' + site if site else ''}.csv"
 
 
 @dataclass
@@ -110,18 +120,23 @@ class TransferExperiment:
         pts.to_csv(path, index=False)
         return pts, imgs
 
-    def sites(self, pts: pd.DataFrame, imgs: pd.DataFrame, n: int, k: int, seed: int) -> dict[str, pd.DataFrame]:
-        """Partition the subset into k sites (saved) and return {site: image rows}."""
+    def sites(self, pts: pd.DataFrame, imgs: pd.DataFrame, n: int, k: int,
+              seed: int) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
+        """Partition the subset into k sites (saved); returns ({site: image rows}, {site: its scanners})."""
         exp = self.settings.experiment
         assignment = part.partition_patients(pts, k, exp.partition, seed, exp.label_alpha)
         frame = part.partition_frame(pts, assignment)
         part.save_partition(frame, self.out_dir / "partitions" / f"seed{seed}" / f"n{n}" / f"k{k}.csv")
-        return part.site_images(imgs, frame)
+        return part.site_images(imgs, frame), part.site_groups(frame, "vendor")
+
+    def predictions(self, job: Job, site: str = "") -> Path:
+        return self.out_dir / PREDICTIONS_DIR / job.predictions_name(site)
 
     # -- the grid --------------------------------------------------------------------------
     def run(self) -> pd.DataFrame:
         if self.csv_path.exists():
             self.csv_path.unlink()  # a run's CSV holds only that run's rows
+        shutil.rmtree(self.out_dir / PREDICTIONS_DIR, ignore_errors=True)  # and its scores
         sizes = effective_sizes(self.settings.experiment.sizes, len(self.patients))
         self.record.sizes_used = sizes
         jobs = plan_jobs(self.settings, sizes)
@@ -161,7 +176,7 @@ class TransferExperiment:
     def _run_job(self, job: Job, sizes: list[int], cache: dict) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         val_n = len(self.data.val_images)
         if job.method == "none":
-            auc, secs = run_none(self.data)
+            auc, secs = run_none(self.data, self.predictions(job))
             # The source model does not depend on the subset: one score, one row per size and seed.
             rows = [result_row(n, "none", 0, s, auc, images=0, val_images=val_n, seconds=secs)
                     for s in self.settings.experiment.seeds for n in sizes]
@@ -173,20 +188,22 @@ class TransferExperiment:
         pts, imgs = cache[key]
         ft = self.settings.finetune
         if job.method == "pooled":
-            auc, secs = run_finetuned(self.data, imgs, ft, job.seed)
+            auc, secs = run_finetuned(self.data, imgs, ft, job.seed, self.predictions(job))
             return [result_row(job.patients, "pooled", 0, job.seed, auc, images=len(imgs), val_images=val_n,
                                seconds=secs)], {"auc": auc}
-        by_site = self.sites(pts, imgs, job.patients, job.k_sites, job.seed)
+        by_site, scanners = self.sites(pts, imgs, job.patients, job.k_sites, job.seed)
+        where = {"site_vendors": scanners} if scanners else {}  # which scanner profile(s) each site got
         if job.method == "local":
             rows = []
             for name, site_imgs in by_site.items():
-                auc, secs = run_finetuned(self.data, site_imgs, ft, job.seed)
+                auc, secs = run_finetuned(self.data, site_imgs, ft, job.seed, self.predictions(job, name))
                 rows.append(result_row(job.patients, "local", job.k_sites, job.seed, auc, site=name,
                                        images=len(site_imgs), val_images=val_n, seconds=secs))
-            return rows, {"sites": {r["site"]: r["auc"] for r in rows}}
+            return rows, {"sites": {r["site"]: r["auc"] for r in rows}, **where}
         if self.federated_runner is None:
             raise MammoError("federated runner not available")
         sites_dir = self.out_dir / "sites" / f"seed{job.seed}_n{job.patients}_k{job.k_sites}"
-        auc, info = self.federated_runner(self.data, by_site, sites_dir, self.settings, job.seed)
+        auc, info = self.federated_runner(self.data, by_site, sites_dir, self.settings, job.seed,
+                                          predictions=self.predictions(job))
         return [result_row(job.patients, "federated", job.k_sites, job.seed, auc, images=len(imgs),
-                           val_images=val_n, seconds=info.get("seconds", 0.0))], info
+                           val_images=val_n, seconds=info.get("seconds", 0.0))], {**info, **where}

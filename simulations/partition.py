@@ -99,6 +99,7 @@ def _partition_by_group(patients: pd.DataFrame, column: str, k: int, rng: np.ran
     site). With fewer groups than sites, a group's patients are shared by the sites
     that have that group as their home group, so every site holds a single group.
     """
+    check_grouping(patients, column, k)
     groups = {str(g): sorted(frame["patient_id"].astype(str)) for g, frame in patients.groupby(column, sort=True)}
     names = sorted(groups, key=lambda g: (-len(groups[g]), g))
     out: dict[str, int] = {}
@@ -124,6 +125,18 @@ def _partition_by_group(patients: pd.DataFrame, column: str, k: int, rng: np.ran
             out[pid] = home[i % len(home)]
         site += share[name]
     return out
+
+
+def check_grouping(patients: pd.DataFrame, column: str, k: int) -> None:
+    """A vendor/site partition needs that column and, for k > 1, at least two of its values:
+    with one scanner (or hospital) the "shifted" sites would silently be an IID split."""
+    if column not in patients.columns:
+        raise ConfigError(f"partition scheme {column!r} needs a {column!r} column in the images table")
+    values = sorted(patients[column].astype(str).unique())
+    if len(values) < 2 <= k:
+        hint = " (a synthetic target gets several with target.vendors)" if column == "vendor" else ""
+        raise ConfigError(f"partition {column!r} into {k} sites needs patients of >= 2 {column}s, "
+                          f"the data has only {', '.join(values) or 'none'}{hint}")
 
 
 def _partition_label_skew(patients: pd.DataFrame, k: int, rng: np.random.Generator, alpha: float) -> dict[str, int]:
@@ -163,8 +176,6 @@ def partition_patients(
     if scheme == "iid" or k == 1:
         assignment = _partition_iid(patients, k, rng)
     elif scheme in ("vendor", "site"):
-        if scheme not in patients.columns:
-            raise ConfigError(f"partition scheme {scheme!r} needs a {scheme!r} column in the images table")
         assignment = _partition_by_group(patients, scheme, k, rng)
     else:
         assignment = _partition_label_skew(patients, k, rng, alpha)
@@ -193,6 +204,13 @@ def partition_frame(patients: pd.DataFrame, assignment: dict[str, int]) -> pd.Da
     frame["site"] = frame["patient_id"].map(lambda p: site_name(assignment[p]))
     columns = ["patient_id", "site", "label", "n_images"] + (["vendor"] if "vendor" in frame.columns else [])
     return frame[columns].sort_values(["site", "patient_id"]).reset_index(drop=True)
+
+
+def site_groups(frame: pd.DataFrame, column: str = "vendor") -> dict[str, list[str]]:
+    """{site: sorted distinct values of `column` among its patients} (which scanner each site got)."""
+    if column not in frame.columns:
+        return {}
+    return {str(site): sorted(g[column].astype(str).unique()) for site, g in frame.groupby("site", sort=True)}
 
 
 def save_partition(frame: pd.DataFrame, path: Path) -> None:

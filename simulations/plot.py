@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: no display on servers or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mammo_fl.simulations.results import METHODS, column_label  # noqa: E402
+from mammo_fl.simulations.results import METHODS, PAPER_TABLE4, column_label  # noqa: E402
 
 STYLE = {
     "none": {"color": "0.45", "linestyle": ":", "marker": "x"},
@@ -20,8 +20,22 @@ STYLE = {
 }
 
 
+def _paper_band(ax: plt.Axes, sizes: list[int]) -> None:
+    """The paper's Table 4 range (four models, real INbreast) at the sizes it reports, for reference."""
+    xs = [n for n in sorted(PAPER_TABLE4) if sizes and min(sizes) <= n <= max(sizes)]
+    if not xs:
+        return
+    low = [PAPER_TABLE4[n][0] for n in xs]
+    high = [PAPER_TABLE4[n][1] for n in xs]
+    ax.fill_between(xs, low, high, color="tab:orange", alpha=0.18, linewidth=0,
+                    label="Shen et al. 2019 Table 4 (INbreast, 4 models)")
+    ax.plot(xs, high, color="tab:orange", alpha=0.5, linewidth=0.8)
+    ax.plot(xs, low, color="tab:orange", alpha=0.5, linewidth=0.8)
+
+
 def plot_transfer_curves(results: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Mean AUC ± sd per method; `local` is the mean over sites with its spread as error bars."""
+    """Mean AUC ± sd over seeds per method (`local`: mean over sites and seeds, spread as error bars),
+    with the paper's Table 4 range as a band."""
     ok = results[results["status"] == "ok"] if "status" in results.columns else results
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     keys = sorted(
@@ -38,6 +52,7 @@ def plot_transfer_curves(results: pd.DataFrame, path: Path, title: str = "") -> 
             stats["patients"], stats["mean"], yerr=stats["std"].fillna(0.0),
             label=column_label(method, k), capsize=3, linewidth=1.5, markersize=5, **style,
         )
+    _paper_band(ax, sorted(int(n) for n in ok["patients"].unique()))
     ax.axhline(0.5, color="0.8", linewidth=0.8)
     ax.set_xlabel("training patients (fine-tuning set)")
     ax.set_ylabel("validation AUC (per image)")

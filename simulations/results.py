@@ -18,6 +18,11 @@ from mammo_fl.common.utils.jsonable import write_json
 RESULT_COLUMNS = ["patients", "method", "k_sites", "seed", "auc"]
 EXTRA_COLUMNS = ["site", "images", "val_images", "seconds", "status"]
 METHODS = ("none", "pooled", "federated", "local")
+# Shen et al. 2019, Table 4: per-image validation AUC on INbreast after fine-tuning on n patients, range over
+# the four models (reference only: real INbreast, ResNet50/VGG16 at 1152x896, 200 epochs).
+PAPER_TABLE4: dict[int, tuple[float, float]] = {20: (0.87, 0.92), 30: (0.90, 0.94), 40: (0.93, 0.95),
+                                               50: (0.93, 0.95), 60: (0.94, 0.95), 72: (0.95, 0.95)}
+PAPER_COLUMN = "paper T4"
 
 
 def result_row(
@@ -73,8 +78,18 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+def paper_reference(patients: int) -> str:
+    """The paper's Table 4 range at this training-set size ("-" where it has no row)."""
+    low_high = PAPER_TABLE4.get(int(patients))
+    if low_high is None:
+        return "-"
+    low, high = low_high
+    return f"{low:.2f}" if low == high else f"{low:.2f}-{high:.2f}"
+
+
 def summary_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Table-4 layout: one row per training-set size, one column per method (mean ± sd).
+    """Table-4 layout: one row per training-set size, one column per method (mean ± sd), and the
+    paper's Table 4 range for reference.
 
     `local` pools the per-site AUCs over sites and seeds (the spread is across sites);
     the others are mean ± sd over seeds.
@@ -94,6 +109,7 @@ def summary_table(results: pd.DataFrame) -> pd.DataFrame:
             cell = at_size[(at_size["method"] == method) & (at_size["k_sites"] == k)]
             good = cell.loc[cell.index.isin(ok.index), "auc"]
             row[column_label(method, k)] = "-" if cell.empty else _mean_sd(good)
+        row[PAPER_COLUMN] = paper_reference(patients)
         rows.append(row)
     return pd.DataFrame(rows)
 

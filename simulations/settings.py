@@ -43,6 +43,9 @@ class TargetSettings:
     domain: str = "ffdm"  # synthetic acquisition domain (the source model is trained on "film")
     conspicuity: float = 1.0  # synthetic lesion contrast multiplier (common.synth; 1 = the generator's default)
     lesion_scale: float = 1.0  # synthetic lesion size multiplier
+    # synthetic: each patient imaged by one of these vendor profiles (label-balanced); [] = one scanner, or,
+    # with experiment.partition = "vendor", the first max(k_sites) FFDM profiles (see target_vendors)
+    vendors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,16 @@ class SourceSettings:
 class FineTuneSettings:
     """[finetune]: the federated schedule and each party's local training (the one FineTuneConfig).
 
-    TOML keys: rounds, strategy, fedbn, local_epochs (= FineTuneConfig.epochs per round) and the
-    other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment, max_steps).
+    TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, local_epochs (= FineTuneConfig.epochs
+    per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
+    max_steps).
     """
 
     rounds: int = 3
     strategy: str = "fedavg"
     fedbn: bool = False  # keep BatchNorm at the sites (FedBN), with any strategy
+    server_lr: float = 1.0  # fedavgm: step on the averaged update (1 = plain FedAvg step)
+    server_momentum: float = 0.0  # fedavgm: heavy-ball momentum across rounds
     local: FineTuneConfig = field(default_factory=FineTuneConfig)
 
     @property
@@ -87,7 +93,7 @@ class FineTuneSettings:
     @classmethod
     def from_section(cls, raw: dict[str, Any]) -> FineTuneSettings:
         raw = dict(raw)
-        schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn") if k in raw}
+        schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn", "server_lr", "server_momentum") if k in raw}
         if "local_epochs" in raw:
             raw["epochs"] = raw.pop("local_epochs")
         allowed = {"epochs", "lr", "weight_decay", "batch_size", "proximal_mu", "augment", "max_steps"}
@@ -109,6 +115,9 @@ class FlowerSettings:
     ray_num_cpus: int = 2
     object_store_mb: int = 256
     round_timeout_s: int = 3600
+    # an existing Ray cluster ("HOST:PORT", "auto"); "" = start a private one per federated run.
+    # With an address, ray_num_cpus / object_store_mb are the cluster's business and are not used.
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,12 +182,46 @@ def parse_settings(config: dict[str, Any], preset: str = "") -> SimSettings:
     if exp.partition not in SCHEMES:
         raise ConfigError(f"experiment.partition must be one of {', '.join(SCHEMES)}, got {exp.partition!r}")
     check_strategy(ft.strategy, "finetune.strategy")
+    if not (isinstance(ft.server_lr, (int, float)) and ft.server_lr > 0):
+        raise ConfigError(f"finetune.server_lr must be > 0, got {ft.server_lr!r}")
+    if not (isinstance(ft.server_momentum, (int, float)) and 0 <= ft.server_momentum < 1):
+        raise ConfigError(f"finetune.server_momentum must be in [0, 1), got {ft.server_momentum!r}")
+    if (ft.server_lr != 1.0 or ft.server_momentum) and ft.strategy != "fedavgm":
+        raise ConfigError("finetune.server_lr / server_momentum act only with finetune.strategy = 'fedavgm'")
+    _check_vendors(settings)
+    if not isinstance(settings.flower.ray_address, str):
+        raise ConfigError(f"flower.ray_address must be a string (HOST:PORT), got {settings.flower.ray_address!r}")
     for name, value in (("rounds", ft.rounds), ("local_epochs", ft.local.epochs), ("batch_size", ft.local.batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"finetune.{name} must be a positive integer, got {value!r}")
     if not isinstance(settings.source.overrides, list):
         raise ConfigError("source.overrides must be a list of 'key=value' strings")
     return settings
+
+
+def _check_vendors(settings: SimSettings) -> None:
+    from mammo_fl.common.synth.profiles import get_profile
+
+    vendors = settings.target.vendors
+    if not isinstance(vendors, list) or not all(isinstance(v, str) for v in vendors):
+        raise ConfigError(f"target.vendors must be a list of vendor profile names, got {vendors!r}")
+    for name in vendors:
+        get_profile(name)  # unknown name -> one-line ConfigError listing the profiles
+    if len(vendors) == 1:
+        raise ConfigError("target.vendors needs >= 2 profiles (one scanner is the default target)")
+
+
+def target_vendors(settings: SimSettings) -> list[str]:
+    """Vendor profiles of the synthetic target: as given, else for a vendor partition one FFDM profile
+    per site of the largest K (at most the 5 FFDM profiles; more sites then share a scanner)."""
+    from mammo_fl.common.synth.profiles import SITE_ROTATION
+
+    if settings.target.vendors:
+        return list(settings.target.vendors)
+    if settings.experiment.partition != "vendor":
+        return []
+    rotation = SITE_ROTATION["ffdm"]
+    return list(rotation[: max(2, min(len(rotation), max(settings.experiment.k_sites)))])
 
 
 def config_hash(payload: Any, length: int = 12) -> str:

@@ -8,7 +8,9 @@ is fair and cheap:
 
 - `split.csv` (the site's saved split, which the ClientApp keeps fixed): every patient of
   the site is a *training* patient, and the site's local validation set is a share of the
-  central fixed validation set (its patients dealt over the sites, stratified). Federated
+  central fixed validation set (its patients dealt over the sites, stratified; when the sites
+  hold different scanners, each validation patient goes to a site with that patient's scanner,
+  as a hospital validates on its own patients -- what FedBN's per-site BatchNorm needs). Federated
   training then sees exactly the images pooled training sees, and Flower's per-round
   federated AUC, pooled from the sites' score histograms, is measured on the union of the
   shares = the same validation set as every other arm, at the cost of one evaluation of
@@ -23,6 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mammo_fl.common.utils.errors import DataError
@@ -58,14 +61,55 @@ def _link_cache(state_dir: Path, cache_root: Path) -> None:
     link.symlink_to(cache_root.resolve(), target_is_directory=True)
 
 
-def _deal_validation(val_images: pd.DataFrame, names: list[str], seed: int) -> dict[str, pd.DataFrame]:
-    """Each site's share of the validation patients (patient level, label-stratified)."""
+def _scanners(by_site: dict[str, pd.DataFrame]) -> dict[str, set[str]]:
+    return {name: set(frame["vendor"].astype(str)) if "vendor" in frame.columns else set()
+            for name, frame in by_site.items()}
+
+
+def _deal_by_scanner(patients: pd.DataFrame, scanners: dict[str, set[str]], seed: int) -> dict[str, str]:
+    """Validation patient -> a site holding that patient's scanner (the least loaded one; label by label,
+    so shares stay stratified). A scanner no site holds is dealt over all sites."""
+    rng = np.random.default_rng([seed, 4])
+    names = sorted(scanners)
+    load = dict.fromkeys(names, 0)
+    out: dict[str, str] = {}
+    for (vendor, _label), group in patients.groupby(["vendor", "label"], sort=True):
+        homes = [n for n in names if str(vendor) in scanners[n]] or names
+        ids = group["patient_id"].astype(str).to_numpy()
+        for pid in ids[rng.permutation(len(ids))]:
+            site = min(homes, key=lambda n: (load[n], n))
+            out[str(pid)] = site
+            load[site] += 1
+    return out
+
+
+def _deal_validation(val_images: pd.DataFrame, by_site: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+    """Each site's share of the validation patients (patient level, label-stratified; by scanner when
+    the sites' scanners differ)."""
     from mammo_fl.simulations.partition import partition_patients, patient_table
 
+    names = sorted(by_site)
     patients = patient_table(val_images)
-    assignment = partition_patients(patients, len(names), "iid", seed)
+    if len(patients) < len(names):  # every site validates on a share of its own
+        raise DataError(None, f"the validation set has {len(patients)} patients, fewer than the {len(names)} sites")
+    scanners = _scanners(by_site)
     pid = val_images["patient_id"].astype(str)
+    if "vendor" in patients.columns and len({frozenset(v) for v in scanners.values()}) > 1:
+        site_of = _deal_by_scanner(patients, scanners, seed)
+        return {name: val_images[pid.map(site_of) == name].reset_index(drop=True) for name in names}
+    assignment = partition_patients(patients, len(names), "iid", seed)
     return {name: val_images[pid.map(assignment) == i].reset_index(drop=True) for i, name in enumerate(names)}
+
+
+def validation_shares(sites_dir: Path) -> dict[str, set[str]]:
+    """{site: its validation patient ids}, read back from the sites' saved splits."""
+    from mammo_fl.client.site import SPLIT_FILE, STATE_SUBDIR, site_folders
+
+    shares = {}
+    for folder in site_folders(sites_dir):
+        split = pd.read_csv(folder / STATE_SUBDIR / SPLIT_FILE, dtype=str)
+        shares[folder.name] = set(split.loc[split["split"] == "val", "patient_id"])
+    return shares
 
 
 def materialise_sites(by_site: dict[str, pd.DataFrame], sites_dir: Path, val_images: pd.DataFrame,
@@ -76,7 +120,7 @@ def materialise_sites(by_site: dict[str, pd.DataFrame], sites_dir: Path, val_ima
     if sites_dir.exists():
         shutil.rmtree(sites_dir)  # a re-run must not keep a stale site or split
     names = sorted(by_site)
-    val_share = _deal_validation(val_images, names, seed)
+    val_share = _deal_validation(val_images, by_site, seed)
     val_ids = set(val_images["patient_id"].astype(str))
     folders = []
     for name in names:

@@ -3,7 +3,8 @@
 Three sources, all read through the project's adapters:
 - an INbreast release folder (`--inbreast`),
 - a folder of site folders with manifest.csv (`--sites-dir`; the folder name becomes `site`),
-- by default a synthetic INbreast-like FFDM dataset of the paper's size (115 patients).
+- by default a synthetic INbreast-like FFDM dataset of the paper's size (115 patients), from
+  one scanner profile or, with `vendors`, each patient from one of several (label-balanced).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _split(images: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def load_target(inbreast: Path | None, sites_dir: Path | None, settings: TargetSettings,
-                cache_root: Path) -> TargetData:
-    """Images and the fixed patient split of the chosen target data."""
+                cache_root: Path, vendors: list[str] | None = None) -> TargetData:
+    """Images and the fixed patient split of the chosen target data (`vendors`: synthetic scanner mix)."""
     skipped: list = []
     if inbreast is not None:
         images, skipped = _index_inbreast(Path(inbreast), cache_root / "index" / "inbreast")
@@ -91,14 +92,19 @@ def load_target(inbreast: Path | None, sites_dir: Path | None, settings: TargetS
     else:
         if settings.require_data:
             raise ConfigError("this preset runs on real data: pass --inbreast SRC or --sites-dir DIR")
+        mix = {"vendors": tuple(vendors)} if vendors else {}  # absent = the one-scanner cache key as before
         root = cached_dataset("inbreast", cache_root, settings.patients, settings.seed, settings.image_height,
                               settings.image_width, domain=settings.domain,
-                              conspicuity=float(settings.conspicuity), lesion_scale=float(settings.lesion_scale))
+                              conspicuity=float(settings.conspicuity), lesion_scale=float(settings.lesion_scale),
+                              **mix)
         images, skipped = _index_inbreast(root, root / ".index")
         images = _attach_vendor(images, root)
         description = {"kind": "synthetic-inbreast", "path": str(root), "patients": settings.patients,
                        "seed": settings.seed, "conspicuity": settings.conspicuity,
                        "lesion_scale": settings.lesion_scale}
+        if "vendor" in images.columns:
+            description["vendors"] = {str(v): int(n) for v, n in
+                                      images.groupby("vendor")["patient_id"].nunique().items()}
     if images.empty:
         raise DataError(None, "the target data has no usable images")
     if images["label"].nunique() < 2:

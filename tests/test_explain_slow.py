@@ -1,7 +1,8 @@
 """The trained model looks at the lesion: `mammo-train run --preset cpu` (shortened) on a small synthetic
 CBIS-DDSM-like cohort with conspicuous lesions, then `mammo-train explain` on its test split.
 
-Measured when written (2 shared cores): patch pointing game 0.xx, CAM 0.xx; see docs/models.md for the
+Measured (2026-11-30, 2 shared cores, load ~6): cohort + training 230 s; patch pointing game 0.425
+(17/40 malignant test images), CAM 0.175 (7/40), a random breast pixel 0.051; docs/models.md has the
 full preset on the 320-patient cohort.
 """
 

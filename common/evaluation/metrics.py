@@ -129,6 +129,35 @@ def paired_auc_difference(labels: Sequence[int] | np.ndarray, scores_a: Sequence
                                share_a_better=share, n=int(y.size), n_pos=int(y.sum()))
 
 
+def paired_mean_auc_difference(labels: Sequence[int] | np.ndarray, scores_a: Sequence[Sequence[float] | np.ndarray],
+                               scores_b: Sequence[Sequence[float] | np.ndarray], n: int = 2000, seed: int = 0,
+                               groups: Sequence | np.ndarray | None = None, level: float = 0.95
+                               ) -> PairedAucDifference:
+    """Mean over repeated runs (e.g. training seeds) of AUC(a_r) - AUC(b_r), all scored on the same images.
+
+    Each resample of the images (or patients) is applied to every run at once, so the CI is that of
+    the mean difference under test-set sampling; the runs' own spread is for the caller to show."""
+    if n < 1:
+        raise MammoError(f"the bootstrap needs at least one resample (got {n})")
+    if not scores_a or len(scores_a) != len(scores_b):
+        raise MammoError(f"need the same number (>= 1) of runs for a and b, got {len(scores_a)} and {len(scores_b)}")
+    y = _as_arrays(labels, scores_a[0])[0]
+    if len(np.unique(y)) < 2:
+        raise MammoError("a paired AUC comparison needs both benign and malignant images")
+    a = np.stack([_as_arrays(y, s)[1] for s in scores_a])
+    b = np.stack([_as_arrays(y, s)[1] for s in scores_b])
+
+    def mean_diff(idx: np.ndarray) -> np.ndarray:
+        return np.mean([_batched_auc(y[idx], ar[idx]) - _batched_auc(y[idx], br[idx]) for ar, br in zip(a, b)], axis=0)
+
+    diffs = _bootstrap(y.size, n, seed, groups, mean_diff)
+    auc_a = float(np.mean([_auc_ranks(y, ar) for ar in a]))
+    auc_b = float(np.mean([_auc_ranks(y, br) for br in b]))
+    share = float(((diffs > 0).sum() + 0.5 * (diffs == 0).sum()) / diffs.size) if diffs.size else float("nan")
+    return PairedAucDifference(auc_a=auc_a, auc_b=auc_b, difference=auc_a - auc_b, ci=_interval(diffs, level),
+                               share_a_better=share, n=int(y.size), n_pos=int(y.sum()))
+
+
 def sens_spec_at(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float
                  ) -> tuple[float, float]:
     """(sensitivity, specificity) calling `score >= threshold` positive; NaN for an absent class."""

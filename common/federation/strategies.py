@@ -13,6 +13,8 @@ from mammo_fl.common.utils.errors import ConfigError
 STRATEGIES: dict[str, tuple[str, str]] = {
     "fedavg": ("FedAvg", "weighted mean of the site weights (McMahan et al. 2017)"),
     "fedprox": ("FedProx", "FedAvg; each site adds mu/2 ||w - w_global||^2 to its loss"),
+    "fedavgm": ("FedAvgM", "FedAvg with a server step size and heavy-ball momentum on the averaged update "
+                           "(Hsu et al. 2019; server-lr, server-momentum)"),
     "fedadam": ("FedAdam", "server-side Adam on the averaged update (FedOpt)"),
     "fedyogi": ("FedYogi", "server-side Yogi on the averaged update (FedOpt)"),
     # Byzantine-robust (Yin et al. 2018; Blanchard et al. 2017): they ignore num-examples for the

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of malignant images that also show skin thickening, a sign away from the "
                         "lesion that only whole-image models can use (default 0)")
     parser.add_argument("--vendor", help="force one vendor profile (cbis-ddsm / inbreast)")
+    parser.add_argument("--vendors", help="inbreast: comma-separated vendor profiles; each patient is imaged by "
+                        "one of them, label-balanced (a multi-vendor cohort)")
     parser.add_argument("--cbis-tree", dest="cbis_tree", choices=["descriptive", "classic"],
                         help="CBIS-DDSM folder naming (default descriptive, as the NBIA retriever writes)")
     parser.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         prevalence=None if prevalence is None or float(prevalence) < 0 else float(prevalence),
         conspicuity=float(cfg["conspicuity"]), lesion_scale=float(cfg["lesion_scale"]),
         secondary_signs=float(cfg.get("secondary_signs", 0.0)), vendor=str(cfg["vendor"]) or None,
+        vendors=tuple(v.strip() for v in args.vendors.split(",") if v.strip()) if args.vendors else None,
         cbis_tree=str(cfg["cbis_tree"]), site_names=site_names,
         workers=int(cfg["workers"]) or None, overwrite=args.overwrite, progress=not args.quiet,
     )

@@ -46,6 +46,7 @@ class SynthConfig:
     lesion_scale: float = 1.0
     secondary_signs: float = 0.0  # share of malignant images that also show skin thickening (image-level context)
     vendor: str | None = None  # force one vendor profile (cbis-ddsm / inbreast)
+    vendors: tuple[str, ...] | None = None  # inbreast: a multi-vendor cohort, patients dealt over these profiles
     cbis_tree: str = "descriptive"  # descriptive (NBIA retriever) | classic (UID folders)
     site_names: tuple[str, ...] | None = None
     workers: int | None = None
@@ -80,9 +81,22 @@ class SynthConfig:
             raise ConfigError(f"cbis_tree must be descriptive or classic (got {self.cbis_tree!r})")
         if self.vendor is not None:
             get_profile(self.vendor)
+        if self.vendors:
+            self._check_vendors(domain)
         if self.site_names is not None and len(self.site_names) != self.sites:
             raise ConfigError(f"{len(self.site_names)} site names given for {self.sites} sites")
         return replace(self, domain=domain, prevalence=prevalence, out_dir=Path(self.out_dir))
+
+    def _check_vendors(self, domain: str) -> None:
+        if self.layout != "inbreast":
+            raise ConfigError("vendors (a multi-vendor cohort) needs --layout inbreast; manifest sites get one each")
+        if self.vendor is not None:
+            raise ConfigError("give either vendor (one profile) or vendors (a mix), not both")
+        if len(set(self.vendors)) != len(self.vendors):
+            raise ConfigError(f"vendors lists a profile twice: {', '.join(self.vendors)}")
+        for name in self.vendors:
+            if get_profile(name).domain != domain:
+                raise ConfigError(f"vendor profile {name!r} is not a {domain} profile")
 
     def names_of_sites(self) -> tuple[str, ...]:
         return self.site_names or tuple(f"site-{i + 1}" for i in range(self.sites))
@@ -105,7 +119,8 @@ def plan(config: SynthConfig) -> list[ImageSpec]:
         opts = PlanOptions(h, w, cfg.seed, cfg.prevalence, cfg.lesion_scale)
         if cfg.layout == "cbis-ddsm":
             return plan_cbis(cfg.patients, opts, profile)
-        return plan_inbreast(cfg.patients, opts, profile)
+        mix = [(get_profile(name), native_size(get_profile(name), cfg.size)) for name in cfg.vendors or ()]
+        return plan_inbreast(cfg.patients, opts, profile, mix)
     images: list[ImageSpec] = []
     names = cfg.names_of_sites()
     base, rest = divmod(cfg.patients, cfg.sites)
@@ -210,6 +225,7 @@ def generate_dataset(
     lesion_scale: float = 1.0,
     secondary_signs: float = 0.0,
     vendor: str | None = None,
+    vendors: tuple[str, ...] | list[str] | None = None,
     cbis_tree: str = "descriptive",
     site_names: tuple[str, ...] | list[str] | None = None,
     workers: int | None = None,
@@ -219,7 +235,8 @@ def generate_dataset(
     """Write a synthetic dataset and return its root folder.
 
     - `cbis-ddsm`: `<out>/CBIS-DDSM/...` DICOM tree + the four case CSVs in `<out>`.
-    - `inbreast`: `<out>/INbreast Release 1.0/{AllDICOMs,AllXML,INbreast.csv}`.
+    - `inbreast`: `<out>/INbreast Release 1.0/{AllDICOMs,AllXML,INbreast.csv}`; with `vendors`, each
+      patient is imaged by one of those profiles (label-balanced), recorded in ground_truth.csv.
     - `manifest`: `<out>/site-1..site-K/{images/..., manifest.csv}` (one vendor profile per site).
     Every layout also writes `<out>/ground_truth.csv` and `<out>/ground_truth_rois.csv`.
     """
@@ -227,7 +244,7 @@ def generate_dataset(
         layout=layout, out_dir=Path(out_dir), patients=int(patients), seed=int(seed), domain=domain, sites=int(sites),
         size=None if size is None else (int(size[0]), int(size[1])), prevalence=prevalence,
         conspicuity=float(conspicuity), lesion_scale=float(lesion_scale), secondary_signs=float(secondary_signs),
-        vendor=vendor, cbis_tree=cbis_tree,
+        vendor=vendor, vendors=tuple(vendors) if vendors else None, cbis_tree=cbis_tree,
         site_names=None if site_names is None else tuple(site_names), workers=workers, overwrite=overwrite,
         progress=progress,
     )

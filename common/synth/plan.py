@@ -6,6 +6,7 @@ its own seed (seed, image index), so any worker can render any image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,11 +51,31 @@ def _image_views(rng: np.random.Generator, p_four: float) -> list[tuple[str, str
     return [(lat, v) for v in VIEWS]
 
 
-def plan_inbreast(n_patients: int, opts: PlanOptions, profile: VendorProfile) -> list[ImageSpec]:
+def deal_vendors(roles: Sequence[str], n_vendors: int, seed: int) -> list[int]:
+    """Vendor index of each patient, dealt round-robin within each role (positive, BI-RADS 3, negative).
+
+    Every vendor gets the same share of each role (+-1), so the label says nothing about the
+    scanner. Drawn from its own stream: the cohort itself is the same as with one vendor.
+    """
+    rng = np.random.default_rng([seed, 5])
+    out = [0] * len(roles)
+    offset = int(rng.integers(n_vendors))
+    for role in sorted(set(roles)):
+        members = [i for i, r in enumerate(roles) if r == role]
+        for j, i in enumerate(rng.permutation(members)):
+            out[int(i)] = (offset + j) % n_vendors
+        offset = (offset + len(members)) % n_vendors  # the next role starts where this one stopped
+    return out
+
+
+def plan_inbreast(n_patients: int, opts: PlanOptions, profile: VendorProfile,
+                  vendors: Sequence[tuple[VendorProfile, tuple[int, int]]] = ()) -> list[ImageSpec]:
     """INbreast-like cohort: ~78% four-view patients, ~30% positive patients, ~10% BI-RADS 3.
 
     `prevalence` is the share of patients with a malignant (BI-RADS 4-6) breast. Negative
     breasts are BI-RADS 1 (nothing) or 2 (benign lesions), so 'has a lesion' is no cue.
+    `vendors` ((profile, (height, width)) pairs): a multi-vendor cohort, each patient imaged by
+    one of them (dealt by `deal_vendors`, label-balanced); empty = every image from `profile`.
     """
     rng = np.random.default_rng([opts.seed, 1])
     images: list[ImageSpec] = []
@@ -63,6 +84,7 @@ def plan_inbreast(n_patients: int, opts: PlanOptions, profile: VendorProfile) ->
     n_pos = int(round(n_patients * opts.prevalence))
     roles = ["pos"] * n_pos + ["b3"] * n_b3 + ["neg"] * max(n_patients - n_pos - n_b3, 0)
     roles = list(rng.permutation(roles))[:n_patients]
+    vendor_of = deal_vendors([str(r) for r in roles], len(vendors), opts.seed) if vendors else []
     for p, role in enumerate(roles):
         patient_hash = "".join(rng.choice(list("0123456789abcdef"), 16))
         views = _image_views(rng, 0.78)
@@ -87,6 +109,7 @@ def plan_inbreast(n_patients: int, opts: PlanOptions, profile: VendorProfile) ->
                 breast[side] = ("2", 0, (sample_lesion(kind, "BENIGN", rng, opts.lesion_scale),))
             else:
                 breast[side] = ("1", 0, ())
+        scanner, (height, width) = vendors[vendor_of[p]] if vendors else (profile, (opts.height, opts.width))
         for lat, view in views:
             birads, label, lesions = breast[lat]
             file_id = int(rng.integers(20_000_000, 54_000_000))
@@ -95,8 +118,8 @@ def plan_inbreast(n_patients: int, opts: PlanOptions, profile: VendorProfile) ->
             used_ids.add(file_id)
             images.append(ImageSpec(
                 index=len(images), image_id=str(file_id), patient_id=patient_hash, laterality=lat, view=view,
-                density=density, birads=birads, label=label, lesions=lesions, profile=profile,
-                height=opts.height, width=opts.width, seed=opts.seed,
+                density=density, birads=birads, label=label, lesions=lesions, profile=scanner,
+                height=height, width=width, seed=opts.seed,
                 extra={"acquisition_date": acq_date, "patient_index": p},
             ))
     return images

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pandas as pd
 
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.device import seed_everything
-from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, score_model
+from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, save_predictions, score_model
 from mammo_fl.simulations.settings import FineTuneSettings
 
 
@@ -29,14 +30,18 @@ def finetune_config(ft: FineTuneSettings, seed: int) -> FineTuneConfig:
     )
 
 
-def run_none(data: ExperimentData) -> tuple[float, float]:
-    """AUC of the source model as is; returns (auc, seconds)."""
+def run_none(data: ExperimentData, predictions: Path | None = None) -> tuple[float, float]:
+    """AUC of the source model as is; returns (auc, seconds). Scores go to `predictions` when given."""
     start = time.perf_counter()
     model = load_model(data.source_model, data.device)
-    return score_model(model, data), time.perf_counter() - start
+    auc, scores = score_model(model, data)
+    if predictions is not None:
+        save_predictions(predictions, data, scores)
+    return auc, time.perf_counter() - start
 
 
-def run_finetuned(data: ExperimentData, images: pd.DataFrame, ft: FineTuneSettings, seed: int) -> tuple[float, float]:
+def run_finetuned(data: ExperimentData, images: pd.DataFrame, ft: FineTuneSettings, seed: int,
+                  predictions: Path | None = None) -> tuple[float, float]:
     """Fine-tune the source model on `images` and score it; returns (auc, seconds)."""
     from mammo_fl.common.training.datasets import WholeImageDataset
     from mammo_fl.common.training.finetune import finetune
@@ -46,4 +51,7 @@ def run_finetuned(data: ExperimentData, images: pd.DataFrame, ft: FineTuneSettin
     model = load_model(data.source_model, data.device)
     dataset = WholeImageDataset(images, data.cache, mean=data.mean, augment=ft.local.augment, seed=seed)
     finetune(model, dataset, finetune_config(ft, seed), data.device)
-    return score_model(model, data), time.perf_counter() - start
+    auc, scores = score_model(model, data)
+    if predictions is not None:
+        save_predictions(predictions, data, scores)
+    return auc, time.perf_counter() - start

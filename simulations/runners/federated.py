@@ -2,7 +2,9 @@
 
 Sites are materialised as folders with manifest.csv (what a real hospital's SuperNode
 reads), the ServerApp writes final.pt to the run's out-dir, and that model is scored by
-the same code as the other arms.
+the same code as the other arms. With FedBN there is no single final model: each site
+keeps its own BatchNorm, so each validation image is scored by the model of the site it
+was dealt to (its own scanner's site under a vendor partition), as the sites would use it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mammo_fl.common.federation.round_config import finetune_to_keys
 from mammo_fl.simulations.flower_sim import backend_config, simulate_federation
-from mammo_fl.simulations.runners.scoring import ExperimentData, load_model, score_model
+from mammo_fl.simulations.runners.scoring import (
+    ExperimentData, load_model, predict_images, save_predictions, validation_auc,
+)
 from mammo_fl.simulations.settings import FineTuneSettings, SimSettings
-from mammo_fl.simulations.sites import materialise_sites
+from mammo_fl.simulations.sites import materialise_sites, validation_shares
 
 
 def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Path, out_dir: Path,
@@ -33,6 +38,8 @@ def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Pa
         "min-sites": k,
         "strategy": ft.strategy,
         "fedbn": ft.fedbn,
+        "server-lr": float(ft.server_lr),
+        "server-momentum": float(ft.server_momentum),
         **finetune_to_keys(dataclasses.replace(ft.local, seed=seed)),
         "device": device,
         "num-threads": threads,
@@ -58,8 +65,39 @@ def _read_round_timings(out_dir: Path) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sums.items()}
 
 
+def _site_batchnorm(site_dir: Path) -> dict[str, Any]:
+    """The BatchNorm state a FedBN site kept after its last round (client/local.py save_local_bn)."""
+    import torch
+
+    from mammo_fl.client.site import STATE_SUBDIR
+    from mammo_fl.common.utils.errors import MammoError
+
+    files = sorted((site_dir / STATE_SUBDIR / "fedbn").glob("*.pt"))
+    if len(files) != 1:
+        raise MammoError(f"FedBN site {site_dir.name}: expected one saved BatchNorm state, found {len(files)}")
+    return torch.load(files[0], map_location="cpu", weights_only=True)
+
+
+def score_fedbn(final: Path, sites_dir: Path, data: ExperimentData) -> np.ndarray:
+    """Validation scores with each site's own BatchNorm on the validation images dealt to that site."""
+    shares = validation_shares(sites_dir)
+    pid = data.val_images["patient_id"].astype(str)
+    scores = np.full(len(data.val_images), np.nan)
+    for site, patients in shares.items():
+        model = load_model(final, data.device)
+        model.load_state_dict(_site_batchnorm(sites_dir / site), strict=False)
+        rows = pid.isin(patients).to_numpy()
+        if rows.any():
+            scores[rows] = predict_images(model, data, data.val_images[rows].reset_index(drop=True))
+    if np.isnan(scores).any():
+        from mammo_fl.common.utils.errors import MammoError
+
+        raise MammoError(f"FedBN scoring: {int(np.isnan(scores).sum())} validation image(s) belong to no site")
+    return scores
+
+
 def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_dir: Path,
-                  settings: SimSettings, seed: int,
+                  settings: SimSettings, seed: int, predictions: Path | None = None,
                   extra_run_config: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
     """Federated fine-tuning over `by_site`; returns (validation AUC, timing/info dict).
 
@@ -71,7 +109,8 @@ def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_
     materialise_sites(by_site, sites_dir, data.val_images, cache_root=Path(data.cache.root), seed=seed)
     run_dir = sites_dir.parent.parent / "federated" / sites_dir.name
     fl = settings.flower
-    backend = backend_config(k, fl.client_num_cpus, fl.client_num_gpus, fl.ray_num_cpus, fl.object_store_mb)
+    backend = backend_config(k, fl.client_num_cpus, fl.client_num_gpus, fl.ray_num_cpus, fl.object_store_mb,
+                             address=fl.ray_address)
     device = "cuda" if backend["client_resources"]["num_gpus"] > 0 else "cpu"
     run_config = federation_run_config(
         settings.finetune, k, seed, sites_dir, run_dir, data.source_model, device,
@@ -82,13 +121,20 @@ def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_
     final = run_dir / "final.pt"
     if not final.is_file():
         raise MammoError(f"federated run wrote no final model ({final}); see {run_dir}")
-    auc = score_model(load_model(final, data.device), data)
+    if settings.finetune.fedbn:
+        scores = score_fedbn(final, sites_dir, data)
+    else:
+        scores = predict_images(load_model(final, data.device), data, data.val_images)
+    if predictions is not None:
+        save_predictions(predictions, data, scores)
     info = {
         "seconds": round(time.perf_counter() - start, 2),
         "ray_init_seconds": round(timing.ray_init, 2),
         "simulation_seconds": round(timing.total, 2),
+        "ray": {"address": fl.ray_address or "local", "cluster_resources": timing.cluster_resources,
+                "client_resources": backend["client_resources"]},
         "run_dir": str(run_dir),
         "sites": {name: len(frame) for name, frame in by_site.items()},
         **_read_round_timings(run_dir),
     }
-    return auc, info
+    return validation_auc(data, scores), info

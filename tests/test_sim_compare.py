@@ -1,0 +1,93 @@
+"""`mammo-sim compare`: two arms paired on the same validation images (per seed and mean over seeds)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mammo_fl.common.evaluation.metrics import paired_mean_auc_difference
+from mammo_fl.common.utils.errors import ConfigError, DataError
+from mammo_fl.simulations.pairs import Arm, compare_arms
+
+N_IMAGES = 80
+
+
+def _val(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(N_IMAGES)],
+                         "patient_id": [f"P{i // 4:02d}" for i in range(N_IMAGES)],
+                         "label": (rng.random(N_IMAGES) < 0.3).astype(int)})
+
+
+def _write(run, name: str, skill: float, seed: int) -> None:
+    val = _val()
+    noise = np.random.default_rng(seed + int(skill * 100)).normal(size=N_IMAGES)
+    (run / "predictions").mkdir(parents=True, exist_ok=True)
+    val.assign(malignant_prob=1 / (1 + np.exp(-(skill * val["label"] + noise)))).to_csv(run / "predictions" / name,
+                                                                                          index=False)
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    """Run A: a better federated arm; run B: a worse one, plus its pooled arm (3 seeds, n = 20 and 40, K = 3)."""
+    for seed in range(3):
+        for n in (20, 40):
+            _write(tmp_path / "A", f"federated_k3_n{n}_seed{seed}.csv", 2.5, seed)
+            _write(tmp_path / "B", f"federated_k3_n{n}_seed{seed}.csv", 0.8, seed)
+            _write(tmp_path / "B", f"pooled_n{n}_seed{seed}.csv", 2.5, seed)
+    _write(tmp_path / "B", "local_k3_n20_seed0_site_00.csv", 1.0, 0)  # not an arm compare pairs
+    return tmp_path
+
+
+def test_better_arm_wins_in_every_seed_with_ci_above_zero(runs):
+    per_seed, summary = compare_arms(Arm.parse(str(runs / "A")), Arm.parse(str(runs / "B")), resamples=300)
+    assert len(per_seed) == 6 and set(per_seed["k_sites"]) == {3}
+    assert (per_seed["difference"] > 0).all()
+    assert list(summary["patients"]) == [20, 40] and (summary["seeds"] == 3).all()
+    row = summary.iloc[0]
+    assert row["seeds_a_better"] == 3 and row["ci_low"] > 0
+    assert row["ci_low"] <= row["mean_difference"] <= row["ci_high"]
+    assert row["mean_difference"] == pytest.approx(per_seed[per_seed["patients"] == 20]["difference"].mean())
+
+
+def test_federated_against_pooled_of_the_same_run(runs):
+    per_seed, summary = compare_arms(Arm.parse(f"{runs / 'B'}:federated"), Arm.parse(f"{runs / 'B'}:pooled"),
+                                     resamples=200)
+    assert len(per_seed) == 6 and (summary["mean_difference"] < 0).all()  # pooled arm is the better one here
+
+
+def test_identical_arms_differ_by_exactly_zero():
+    val = _val()
+    scores = [np.linspace(0, 1, N_IMAGES), np.random.default_rng(1).random(N_IMAGES)]
+    res = paired_mean_auc_difference(val["label"], scores, scores, n=200, groups=val["patient_id"])
+    assert res.difference == 0.0 and res.ci == (0.0, 0.0)
+
+
+def test_mismatched_or_missing_runs_are_one_line_errors(runs, tmp_path):
+    with pytest.raises(ConfigError, match="pooled or federated"):
+        Arm.parse(f"{runs / 'A'}:local")
+    with pytest.raises(DataError, match="no pooled predictions"):
+        compare_arms(Arm.parse(f"{runs / 'A'}:pooled"), Arm.parse(str(runs / "B")))
+    other = tmp_path / "C" / "predictions"
+    other.mkdir(parents=True)
+    _val().head(40).assign(malignant_prob=0.5).to_csv(other / "federated_k3_n20_seed0.csv", index=False)
+    with pytest.raises(DataError, match="other validation images"):
+        compare_arms(Arm.parse(str(runs / "A")), Arm.parse(str(tmp_path / "C")))
+    proc = subprocess.run([sys.executable, "-m", "mammo_fl.simulations.cli", "compare", str(tmp_path / "nope"),
+                           str(runs / "B")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_cli_prints_and_writes_the_comparison(runs, tmp_path):
+    out = tmp_path / "cmp.csv"
+    proc = subprocess.run([sys.executable, "-m", "mammo_fl.simulations.cli", "compare", str(runs / "A"),
+                           str(runs / "B"), "--resamples", "100", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "mean over seeds" in proc.stdout and "A better in 3/3 seeds" in proc.stdout
+    table = pd.read_csv(out)
+    assert set(table["kind"]) == {"seed", "mean"} and len(table) == 8
