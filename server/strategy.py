@@ -4,8 +4,10 @@ We run our own round loop (bounded waits, screening, checkpoints) and use the Fl
 object only for what it is good at: `aggregate_train`. Learnable floating-point weights go through
 the strategy. BatchNorm statistics (`running_mean`, `running_var`) are averages, not parameters:
 they get the plain weighted mean, since a server step (FedAvgM's learning rate and momentum,
-FedAdam) would extrapolate them -- even to a negative variance. Integer buffers
-(`num_batches_tracked`) get a rounded weighted mean.
+FedAdam) would extrapolate them -- even to a negative variance. Except where the strategy must see
+them: the robust strategies (a plain mean would let one scaled update through the statistics) and
+the DP wrapper (the statistics are part of the clipped update, so they must be noised too); none of
+these takes a server step. Integer buffers (`num_batches_tracked`) get a rounded weighted mean.
 With FedBN the sites do not send BatchNorm weights/statistics, so the global model keeps its
 own and only the rest is aggregated. FedOpt moments (m_t, v_t) and FedAvgM's momentum are saved in
 the run folder so `--resume` continues with the same optimiser state.
@@ -63,6 +65,15 @@ def _is_statistic(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in STATISTICS
 
 
+# Strategies that aggregate the BatchNorm statistics themselves (see the module docstring).
+STATISTICS_BY_STRATEGY = ("FedMedian", "FedTrimmedAvg", "Krum")
+
+
+def _strategy_takes_statistics(strategy: Any) -> bool:
+    name = type(strategy).__name__
+    return name in STATISTICS_BY_STRATEGY or name.startswith("DifferentialPrivacy")
+
+
 def aggregate(
     strategy: Any, server_round: int, global_arrays: dict[str, np.ndarray], accepted: list[Screened]
 ) -> dict[str, np.ndarray]:
@@ -70,7 +81,8 @@ def aggregate(
     from flwr.app import MetricRecord, RecordDict
 
     sent_keys = sorted(accepted[0].arrays or {})
-    float_keys = [k for k in sent_keys if _is_float(global_arrays[k]) and not _is_statistic(k)]
+    by_strategy = _strategy_takes_statistics(strategy)
+    float_keys = [k for k in sent_keys if _is_float(global_arrays[k]) and (by_strategy or not _is_statistic(k))]
     mean_keys = [k for k in sent_keys if k not in float_keys]  # BatchNorm statistics and integer counters
     messages = []
     for rep in accepted:

@@ -110,7 +110,8 @@ def test_two_rounds_three_sites(federation):
         assert entries and all(set(e) == set(AUDIT_FIELDS) for e in entries)
         assert sorted((e["round"], e["kind"]) for e in entries) == [(1, "train"), (2, "evaluate"), (2, "train")]
         for e in entries:
-            assert set(e["sent"]["metrics"]) <= ALLOWED_METRICS and e["status"] == "ok" and e["sent"]["bytes"] > 0
+            assert set(e["sent"]["metrics"]) | set(e["sent"]["eval"]) <= ALLOWED_METRICS
+            assert e["status"] == "ok" and e["sent"]["bytes"] > 0
             assert (e["sent"]["weights_sha256"] is None) == (e["kind"] == "evaluate")
         assert verify_chain(read_lines(site / ".mammo-fl")).intact
 
