@@ -91,6 +91,16 @@ def test_noise_cannot_leave_a_negative_batchnorm_variance(tmp_path):
     assert (new["bn.running_var"] >= 0).all() and int(new["bn.num_batches_tracked"]) == 9
 
 
+def test_central_noise_reaches_the_batchnorm_statistics(tmp_path):
+    """They are part of the clipped update, so the DP wrapper must aggregate (and noise) them too."""
+    s = _dp_settings(noise_multiplier=1.0, clip_norm=1.0)
+    guards = Safeguards.open(s, RunDir(tmp_path), resume=False)
+    reps = [Screened(i, f"s{i}", site_arrays(0.5, i), {"num-examples": 10}) for i in (1, 2)]
+    new = guards.aggregate(build_strategy(s), 1, GLOBAL, reps)
+    plain = aggregate(build_strategy(FederationSettings()), 1, GLOBAL, reps)
+    assert not np.allclose(new["bn.running_var"], plain["bn.running_var"], atol=1e-3)
+
+
 def test_sites_clip_their_update_and_noise_when_asked():
     sent = site_arrays(5.0, 1)
     clipped = clip_update(sent, GLOBAL, 1.0)
