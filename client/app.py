@@ -22,9 +22,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mammo_fl.client.audit import AuditEntry, append_entry, running_app_sha256, utc_now
+from mammo_fl.client.audit import append_reply, running_app_sha256, utc_now
 from mammo_fl.common.federation import protocol as P
-from mammo_fl.common.federation.wire import WireError, arrays_digest
+from mammo_fl.common.federation.wire import WireError
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
 app = ClientApp()
@@ -131,9 +131,6 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
         if out["status"] == P.STATUS_OK and kind == "train":
             _maybe_delay(site, rnd)
         content = _reply_content(out, out_arrays)
-        status = out["status"]
-        names = sorted(set(out.get("train") or {}) | set(out.get("eval") or {}))
-        digest = arrays_digest(out_arrays) if out_arrays else None  # the update exactly as it left the site
     except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
         if isinstance(exc, _SiteFailed):  # a fixed code; the work logged the details where it failed
             reason = str(exc)
@@ -144,16 +141,9 @@ def handle(msg: Message, context: Context, kind: str) -> Message:
         content = RecordDict(
             {P.SITE: ConfigRecord({"site": site_name, "status": P.STATUS_ERROR, "error": reason})}
         )
-        status, names, digest = P.STATUS_ERROR, [], None
-    if state_dir is not None:
-        append_entry(
-            state_dir,
-            AuditEntry(
-                time=utc_now(), site=site_name, run_id=int(context.run_id), round=rnd, kind=kind,
-                bytes=P.recorddict_nbytes(content), weights_sha256=digest, metric_names=names, status=status,
-                app_sha256=running_app_sha256(),
-            ),
-        )
+    if state_dir is not None:  # hash-chained entry: the request's config, every value sent, the reply's SHA-256
+        append_reply(state_dir, site=site_name, run_id=int(context.run_id), rnd=rnd, kind=kind,
+                     received=msg.content, reply=content, app_sha256=running_app_sha256())
     return Message(content, reply_to=msg)
 
 

@@ -42,7 +42,7 @@ def _site_name(node_config: dict[str, Any]) -> str:
 
 def _record_refusal(node_config: dict[str, Any], task: Any, sha: str, reason: str) -> None:
     """Audit entry + client.log line at the site (the refusal stands regardless)."""
-    from mammo_fl.client.audit import AuditEntry, append_entry, utc_now
+    from mammo_fl.client.audit import append_entry, refused_app_entry, utc_now
 
     state = node_config.get("state-dir")
     if not state:
@@ -55,10 +55,8 @@ def _record_refusal(node_config: dict[str, Any], task: Any, sha: str, reason: st
         rnd = 0
     run_id = int(task.context.run_id) if task.context is not None else 0
     state_dir = Path(str(state))
-    append_entry(state_dir, AuditEntry(
-        time=utc_now(), site=_site_name(node_config), run_id=run_id, round=rnd, kind=kind,
-        bytes=len(reason.encode()), weights_sha256=None, metric_names=[], status=REFUSED, app_sha256=sha,
-    ))
+    append_entry(state_dir, refused_app_entry(site=_site_name(node_config), run_id=run_id, rnd=rnd, kind=kind,
+                                              reason=reason, app_sha256=sha, status=REFUSED))
     with open(state_dir / "client.log", "a", encoding="utf-8") as fh:
         fh.write(f"{utc_now()} refused app bundle {sha} (run {run_id}, {kind} round {rnd}): not on this "
                  "site's approved list (approved-apps in the site config)\n")

@@ -1,5 +1,7 @@
 """`mammo-client --site NAME --data DIR --server HOST:PORT --ca ca.pem --key NAME.key`: a hospital joins.
 
+`mammo-client audit verify --data DIR` checks the site's audit log instead (client/audit_cli.py).
+
 Writes the SuperNode's node config (site name, data folder, state folder and the site's policy:
 approved app bundles, caps on requests, client/policy.py) into the site's state dir and
 supervises `flower-supernode`: TLS against the coordinator's CA, authenticated with the site's
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from mammo_fl.client.faults import parse_fault
 from mammo_fl.client.app import SITE_LOG
 from mammo_fl.client.app_guard import GUARD_NAME, write_guard
 from mammo_fl.client.channel import socket_path
@@ -63,7 +66,8 @@ class Stop(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mammo-client", description=__doc__.splitlines()[0],
-                                epilog="Also: mammo-client keygen --site NAME --out DIR")
+                                epilog="Also: mammo-client keygen --site NAME --out DIR; mammo-client audit verify "
+                                       "--data DIR (check the site's audit log and print what left the site)")
     p.add_argument("--site", required=True, help="site name registered at the coordinator (e.g. hospital-a)")
     p.add_argument("--data", required=True, type=Path, help="folder with the site's DICOM files and manifest CSV")
     p.add_argument("--server", required=True, help="coordinator address HOST:PORT (its proxy)")
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes for the first-round image preprocessing (0 = all cores)")
     p.add_argument("--cold-clientapp", action="store_true",
                    help="let Flower start a fresh flwr-clientapp per message instead of the pre-started launcher")
-    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)  # tests only: nan | delay:SECONDS | hold:DIR
+    # tests only: nan | delay:SECONDS | hold:DIR | scale:F | claim-examples:N (client/faults.py)
+    p.add_argument("--test-fault", default="", help=argparse.SUPPRESS)
     return p
 
 
@@ -283,6 +288,7 @@ def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_site_name(args.site)
     check_security(args)
+    parse_fault(args.test_fault)  # a typo in a test fault is a one-line error, not a silent honest site
     policy = SitePolicy.load(args.config)
     check_site_data(args)
     state_dir = args.state_dir or (Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else None) \
@@ -306,7 +312,12 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors, exit status 2 on bad input."""
+    """Console entry point: one-line errors, exit status 2 on bad input (`audit ...`: client/audit_cli.py)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["audit"]:
+        from mammo_fl.client.audit_cli import audit_main
+
+        return run_cli(audit_main, argv[1:])
     return run_cli(_main, argv)
 
 

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from mammo_fl.client.faults import apply_update_fault, claimed_examples, parse_fault
 from mammo_fl.client.local import apply_local_bn, check_evaluable, patients_per_class, save_local_bn
 from mammo_fl.client.policy import SiteRefusal
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
+from mammo_fl.client.site_privacy import noise_histograms, pack_within_norm, protect_update, wire_clip_norm
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation import wire as W
 from mammo_fl.common.federation.round_config import RoundConfig
@@ -197,8 +199,9 @@ class SiteSession:
         scores = predict_scores(model, data.val, device, tta=rc.tta, batch_size=max(rc.finetune.batch_size, 4))
         model.to("cpu")
         neg, pos = score_histograms(data.val_labels, np.clip(scores, 0.0, 1.0), bins=rc.hist_bins)
+        neg, pos = noise_histograms(neg, pos, rc.dp_histogram_noise)  # DP; the totals follow the noised counts
         seconds = time.perf_counter() - t0 + self._take_prep()
-        return {"num-examples": int(len(data.val_labels)), "num-pos": int(data.val_labels.sum()),
+        return {"num-examples": int(neg.sum() + pos.sum()), "num-pos": int(pos.sum()),
                 "hist-neg": [int(x) for x in neg], "hist-pos": [int(x) for x in pos], "eval-seconds": float(seconds)}
 
     def train(self, rc: RoundConfig) -> tuple[dict[str, Any], W.Packed]:
@@ -229,13 +232,14 @@ class SiteSession:
             save_local_bn(self.site, rc, model)
         trained = P.state_to_numpy(model.state_dict())
         layout = W.Layout.of(self.held, self.exchanged(rc, list(trained)))
-        if self.site.fault == "nan":  # test-only: a site that diverged
-            first = layout.float_keys[0]
-            trained[first] = trained[first].copy()
-            trained[first].flat[0] = np.nan
-        update = W.pack_delta(trained, self.held, layout, rc.wire_dtype)
-        metrics = {"num-examples": int(result["num_examples"]), "train-loss": float(result["train_loss"]),
-                   "train-seconds": float(seconds)}
+        sent = protect_update({k: trained[k] for k in layout.keys}, self.held, rc)  # DP clip (+ noise) as asked
+        fault = parse_fault(self.site.fault)  # test-only: nan | scale:F | claim-examples:N act on what leaves
+        if fault.changes_update:
+            update = W.pack_delta(apply_update_fault(fault, sent, self.held), self.held, layout, rc.wire_dtype)
+        else:  # the clip holds on what the coordinator decodes, not only before the fp16/bf16 rounding
+            update = pack_within_norm(sent, self.held, layout, rc.wire_dtype, wire_clip_norm(rc))
+        metrics = {"num-examples": claimed_examples(fault, int(result["num_examples"])),
+                   "train-loss": float(result["train_loss"]), "train-seconds": float(seconds)}
         return metrics, update
 
     def _take_prep(self) -> float:

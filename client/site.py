@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mammo_fl.client.faults import simulation_faults
 from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import ConfigError, DataError
 
@@ -52,6 +53,9 @@ def resolve_site(node_config: dict[str, Any], run_config: dict[str, Any]) -> Sit
             raise ConfigError(f"partition-id {pid} but {sites_dir} has only {len(folders)} site folder(s)")
         data_dir = folders[pid]
         name = data_dir.name
+        fault = simulation_faults(run_config).get(name)  # test-only; deployed sites choose their own
+        if fault:
+            nc["test-fault"] = fault
     else:
         raise ConfigError("node config has neither data-dir (deployment) nor partition-id (simulation)")
     state = Path(str(nc["state-dir"])).expanduser() if nc.get("state-dir") else data_dir / STATE_SUBDIR

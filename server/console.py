@@ -46,8 +46,12 @@ class Table:
         if kind in ("site_rejected", "site_missing"):
             who = ev.get("site") or f"node-{ev.get('node')}"
             return f"  ! round {ev.get('round')} {ev.get('kind')}: {who}: {ev.get('reason')}"
+        if kind == "site_screened":  # clipped or capped, but accepted (server/safeguards.py)
+            return f"  ~ round {ev.get('round')} {ev.get('kind')}: {ev.get('site')}: {ev.get('reason')}"
+        if kind == "test_faults":
+            return f"TEST FAULTS injected at simulated sites: {ev.get('faults')}"
         if kind in ("round_end", "final_evaluation"):
-            return self._round_line(ev)
+            return self._round_line(ev) + _privacy(ev)
         if kind == "failed":
             return f"run failed: {ev.get('reason')}"
         return None
@@ -80,6 +84,13 @@ class Table:
 
 def _mb(v: Any) -> str:
     return "-" if v is None else f"{float(v) / 1e6:.1f}"
+
+
+def _privacy(ev: dict[str, Any]) -> str:
+    """Privacy spent so far, when DP is on (metrics.csv columns epsilon / hist_epsilon at dp_delta)."""
+    parts = [f"{label}={_fmt(ev[key], 3)}" for key, label in (("epsilon", "eps"), ("hist_epsilon", "hist-eps"))
+             if ev.get(key) is not None]
+    return f"  {' '.join(parts)} (delta={ev.get('dp_delta')})" if parts else ""
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

@@ -4,8 +4,10 @@ One message per site per round: wait (bounded) for `min-sites` sites -> send the
 (full, or the delta against the model the site holds: server/downlink.py) to the nodes of
 registered sites, each told the name its key is registered under -> each site scores it on its
 validation split, then fine-tunes it, and replies with both -> screen replies (impostors, errors,
-NaN/Inf, wrong keys/shapes; the site is named) -> aggregate with the configured strategy ->
-checkpoint, metrics, strategy state, then the resume marker. The evaluation in round r's replies
+NaN/Inf, wrong keys/shapes; then, on the update as reconstructed from the wire, update norms and
+num-examples and the evaluation histograms: server/safeguards.py; the site is named) -> aggregate
+with the configured strategy (+ DP noise; never a non-finite model) -> checkpoint, metrics,
+strategy and safeguard state, then the resume marker. The evaluation in round r's replies
 is that of round r-1's model (pooled histograms, the operating point chosen on them); it is
 attached to that model's row, histograms and checkpoint. The final model is evaluated by one more
 message after the last round, and final.pt carries that evaluation's operating point. A round with
@@ -33,13 +35,13 @@ from mammo_fl.server.exchange import Collected, SitesUnavailable, exchange, onli
 from mammo_fl.server.global_model import GlobalModel
 from mammo_fl.server.histogram_store import save_round_histograms
 from mammo_fl.server.launch_record import fab_hash_of
-from mammo_fl.server.pooled_metrics import EvalSummary, check_bins, pool_histograms
+from mammo_fl.server.pooled_metrics import EvalSummary, pool_histograms
 from mammo_fl.server.rundir import RunDir
+from mammo_fl.server.safeguards import Safeguards
 from mammo_fl.server.settings import FederationSettings
 from mammo_fl.server.site_events import report_replies
 from mammo_fl.server.site_nodes import SiteIdentity
 from mammo_fl.server.strategy import (
-    aggregate,
     build_strategy,
     load_strategy_state,
     save_strategy_state,
@@ -73,6 +75,7 @@ class RoundContext:
     fed_id: str
     downlink: Downlink
     committer: Committer
+    guards: Safeguards  # screening, DP aggregation, privacy ledger (server/safeguards.py)
     identity: SiteIdentity = SiteIdentity()  # registered node -> site names (empty path: lab mode)
     started: bool = False  # a training round of this launch has started
 
@@ -126,25 +129,30 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int, committe
             raise ConfigError(f"cannot resume a {state.get('strategy')} run with strategy {s.strategy}")
         model = GlobalModel.from_checkpoint(rundir.root / state["checkpoint"])
         restored = load_strategy_state(strategy, rundir.strategy_file)
+        guards = Safeguards.open(s, rundir, resume=True)  # join registry, privacy ledger (issue 12)
         done = int(state["completed_round"])
         rows = [r for r in rundir.load_rows() if r["round"] <= done]
-        rundir.event("resumed", completed_round=done, strategy_arrays=restored, run_id=run_id)
+        rundir.event("resumed", completed_round=done, strategy_arrays=restored, run_id=run_id, **guards.restored())
         _log("Resuming after round %d (%d strategy arrays restored)", done, restored)
         first = done + 1
     else:
         if not s.initial_model:
             raise ConfigError("run config initial-model is empty: pass the whole-image checkpoint (--model)")
         model = GlobalModel.from_checkpoint(s.initial_model)
+        guards = Safeguards.open(s, rundir, resume=False)
         for stale in (rundir.state_file, rundir.metrics_json):
             stale.unlink(missing_ok=True)
         first = 1
     downlink = Downlink(model.arrays, model.exchanged_keys(s.fedbn, s.train_layers), s.wire_dtype)
-    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink, committer,
+    ctx = RoundContext(grid, s, rundir, run_id, model, strategy, federation_id(s.out_dir), downlink, committer, guards,
                        SiteIdentity(s.site_nodes))
     rundir.set_status("running", run_id=run_id, first_round=first, rounds=s.num_server_rounds)
     rundir.event("started", run_id=run_id, first_round=first, rounds=s.num_server_rounds, strategy=s.strategy,
                  min_sites=s.min_sites, weights=len(model.arrays), wire=s.wire_dtype, train_layers=s.train_layers,
                  fab_hash=fab_hash_of(grid))
+    if s.test_faults:
+        rundir.event("test_faults", faults=s.test_faults)
+        _log("TEST FAULTS injected at simulated sites: %s", s.test_faults)
     for rnd in range(first, s.num_server_rounds + 1):
         # round r's sites first score the model they receive (round r-1's; round 0 = the initial model)
         evaluate = rnd > 1 or s.evaluate_initial
@@ -161,7 +169,8 @@ def _run(grid: Any, s: FederationSettings, rundir: RunDir, run_id: int, committe
     final_start = time.monotonic()
     evaluation = _final_evaluation(ctx, last)
     fields = _attach_evaluation(ctx, rows, last, evaluation, "final",
-                                {"evaluate_seconds": time.monotonic() - final_start}, final=True)
+                                {"evaluate_seconds": time.monotonic() - final_start, **ctx.guards.privacy_fields()},
+                                final=True)
     rundir.event("final_evaluation", model=last, **fields)
     committer.wait()
     rundir.write_rows(rows)
@@ -207,11 +216,13 @@ def _commit(ctx: RoundContext, rnd: int, rows: list[dict[str, Any]]) -> None:
     model = dataclasses.replace(ctx.model)  # the arrays dict is replaced, never mutated, by the next round
     moments = strategy_snapshot(ctx.strategy)
     table = [dict(r) for r in rows]
+    guard_state = ctx.guards.state()  # join registry: the num-examples caps a resumed run keeps
     rundir = ctx.rundir
 
     def write() -> None:
         model.save(rundir.round_checkpoint(rnd), provenance, metrics)
         save_strategy_state(moments, rundir.strategy_file)
+        ctx.guards.commit(guard_state)
         rundir.write_rows(table)
         rundir.commit_round(rnd, {"strategy": s.strategy, "run_id": ctx.run_id})
 
@@ -237,6 +248,7 @@ def _round_config(ctx: RoundContext, rnd: int, evaluate: bool = False, registere
         train_layers=s.train_layers,
         wire_dtype=s.wire_dtype,
         registered_site=registered_site,
+        **s.dp.round_fields(),
     ).to_record()
 
 
@@ -269,6 +281,12 @@ def _report_rejected(ctx: RoundContext, rnd: int, kind: str, rejected: list[Reje
     for rej in rejected:
         ctx.rundir.event("site_rejected", round=rnd, kind=kind, site=rej.site, node=rej.node, reason=rej.reason)
         _log("Round %d %s: rejected %s: %s", rnd, kind, rej.site, rej.reason)
+
+
+def _report_screened(ctx: RoundContext, rnd: int, screened: Any) -> None:
+    for note in screened.notes:
+        ctx.rundir.event("site_screened", round=rnd, kind="train", site=note.site, what=note.what, reason=note.detail)
+        _log("Round %d train: %s %s: %s", rnd, note.what, note.site, note.detail)
 
 
 @dataclass
@@ -343,11 +361,16 @@ def _train_round(ctx: RoundContext, rnd: int,
         _log("Round %d: evaluating and training at %d sites (attempt %d)", rnd, len(nodes), attempt + 1)
         sent = _send(ctx, nodes, MessageType.TRAIN, _configs(ctx, rnd, evaluate), str(rnd))
         _report_missing(ctx, rnd, "train", sent.col)
+        ctx.guards.witness(rnd, "train", sent.col.replies, ctx.identity.names())  # reply SHA-256s, as in the sites' audit logs
         got = screen(sent.col.replies, train=True, evaluate=evaluate, expected=expected,
                      decode=ctx.downlink.decode_update, names=ctx.identity.names())
         ctx.downlink.note(got.held)
         accepted, dup = _dedupe_sites(got.train)
-        _report_rejected(ctx, rnd, "train", got.rejected_train + dup)
+        # norms of (reconstructed site model - global) and num-examples; a clip acts on the decoded fp32 arrays
+        screened = ctx.guards.screen_train(accepted, ctx.downlink.arrays)
+        accepted, rejected = screened.accepted, got.rejected_train + dup + screened.rejected
+        _report_rejected(ctx, rnd, "train", rejected)
+        _report_screened(ctx, rnd, screened)
         if evaluate:
             fresh = _accept_evals(ctx, rnd, got)
             report_replies(ctx.rundir, rnd - 1, "evaluate", fresh)  # the model they scored: round r-1's
@@ -361,23 +384,24 @@ def _train_round(ctx: RoundContext, rnd: int,
             f"round {rnd}: only {len(accepted)} valid site update(s), {s.min_sites} required, "
             f"after {s.round_retries + 1} attempt(s)"
         )
-    aggregated = aggregate(ctx.strategy, rnd, ctx.downlink.arrays, accepted)
+    aggregated = ctx.guards.aggregate(ctx.strategy, rnd, ctx.downlink.arrays, accepted)  # DP, finite check
     ctx.model.arrays = ctx.downlink.publish(aggregated)
     bytes_up = [P.recorddict_nbytes(sent.col.replies[r.node].content) for r in accepted]
     eval_list = sorted(evals.values(), key=lambda e: e.site)
-    row = R.train_row(rnd, accepted, eval_list, len(got.rejected_train) + len(dup),
+    row = R.train_row(rnd, accepted, eval_list, len(rejected),
                       _mean([sent.bytes_down[n] for n in nodes]), _mean(bytes_up), s.wire_dtype)
+    row.update(ctx.guards.screening_fields(screened, rejected))
+    row.update(ctx.guards.privacy_fields())  # epsilon, hist_epsilon spent up to this round's messages
     if not evaluate:
         return row, None, started
     return row, Evaluation(eval_list, pool_histograms(eval_list, s.hist_bins, s.operating_target())), started
 
 
 def _accept_evals(ctx: RoundContext, rnd: int, got: RoundReplies) -> list[Screened]:
-    """Evaluations with the right bin count, one per site; the rest are reported."""
-    s = ctx.settings
+    """Consistent evaluations (bins, counts, totals: server/screening.py), one per site; the rest are reported."""
     accepted, dup = _dedupe_sites(got.evals)
-    accepted, bad_bins = check_bins(accepted, s.hist_bins)
-    rejected = got.rejected_eval + dup + [Rejected(r.node, r.site, why) for r, why in bad_bins]
+    accepted, bad_hists = ctx.guards.screen_eval(rnd, accepted)  # also books a DP histogram release
+    rejected = got.rejected_eval + dup + bad_hists
     _report_rejected(ctx, rnd, "evaluate", rejected)
     return accepted
 
@@ -394,6 +418,7 @@ def _final_evaluation(ctx: RoundContext, last: int) -> Evaluation:
     _log("Final model: evaluating at %d sites", len(nodes))
     sent = _send(ctx, nodes, MessageType.EVALUATE, _configs(ctx, last, True), f"eval-{last}")
     _report_missing(ctx, last, "evaluate", sent.col)
+    ctx.guards.witness(last, "evaluate", sent.col.replies, ctx.identity.names())
     got = screen(sent.col.replies, train=False, evaluate=True, names=ctx.identity.names())
     ctx.downlink.note(got.held)
     accepted = _accept_evals(ctx, last, got)

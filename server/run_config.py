@@ -24,10 +24,7 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
     if args.config is not None:
         if not args.config.is_file():
             raise ConfigError(f"config file not found: {args.config}")
-        for key, value in flatten_sections(load_toml(args.config)).items():
-            if key not in config:
-                raise ConfigError(f"{args.config}: unknown federation setting {key!r}")
-            config[key] = value
+        _merge(config, load_toml(args.config), str(args.config))
     config = apply_overrides(config, [flat_override(item, config) for item in args.overrides])
     config["initial-model"] = str(args.model.resolve())
     config["out-dir"] = str(rundir)
@@ -41,6 +38,21 @@ def load_run_config(args: argparse.Namespace, rundir: Path) -> dict[str, Any]:
     return config
 
 
+def _merge(config: dict[str, Any], new: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Override known keys in place. A [dp]/[screening] table overrides only the keys it lists (they are
+    tables in the preset too); any other table is a section of flat keys (`[operating-point] specificity`
+    -> `operating-point-specificity`)."""
+    for key, value in new.items():
+        if isinstance(value, dict) and not isinstance(config.get(key), dict):
+            _merge(config, {f"{key}-{k}": v for k, v in value.items()}, source, prefix)
+        elif key not in config:
+            raise ConfigError(f"{source}: unknown federation setting {prefix + key!r}")
+        elif isinstance(config[key], dict) and isinstance(value, dict):
+            _merge(config[key], value, source, f"{prefix}{key}.")
+        else:
+            config[key] = value
+
+
 def write_run_config(config: dict[str, Any], path: Path) -> None:
     path.write_text(tomli_w.dumps(config), encoding="utf-8")
 
@@ -52,13 +64,3 @@ def flat_override(item: str, config: dict[str, Any]) -> str:
     flat = key.strip().replace(".", "-")
     return f"{flat}{sep}{value}" if "." in key and flat in config else item
 
-
-def flatten_sections(table: dict[str, Any]) -> dict[str, Any]:
-    """A --config file's `[operating-point] specificity = 0.95` -> `operating-point-specificity = 0.95`."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update({f"{key}-{k}": v for k, v in flatten_sections(value).items()})
-        else:
-            out[key] = value
-    return out

@@ -22,6 +22,14 @@ from mammo_fl.common.federation.wire import check_wire_dtype
 from mammo_fl.common.federation.strategies import check_strategy
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
+from mammo_fl.server.safeguard_settings import (
+    SECTIONS,
+    PrivacySettings,
+    ScreeningSettings,
+    flatten_config,
+    section_from_run_config,
+    section_to_run_config,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,9 @@ class FederationSettings:
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-9
+    # robust strategies (fedtrimmedavg: share cut from each tail; krum: assumed malicious sites)
+    trimmed_beta: float = 0.2
+    krum_malicious: int = 1
     # robustness
     round_timeout: float = 3600.0
     site_wait_timeout: float = 600.0
@@ -69,6 +80,11 @@ class FederationSettings:
     sites_dir: str = ""
     # deployment with registered sites: node id -> site name file (set by mammo-server; "" = lab mode)
     site_nodes: str = ""
+    # test-only, simulation only: "SITE=FAULT[;SITE=FAULT]" (client/faults.py); deployed sites choose their own
+    test_faults: str = ""
+    # safeguards: `screening.*` and `dp.*` run-config keys (server/safeguard_settings.py)
+    screening: ScreeningSettings = field(default_factory=ScreeningSettings)
+    dp: PrivacySettings = field(default_factory=PrivacySettings)
 
     @staticmethod
     def key_of(field_name: str) -> str:
@@ -77,20 +93,26 @@ class FederationSettings:
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> FederationSettings:
         """Typed settings from a Flower run config; unknown keys are ignored (other apps' keys)."""
+        run_config = flatten_config(run_config)  # a TOML file's [dp] table = Flower's dp.* keys
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = cls.key_of(f.name)
-            if f.name == "finetune" or key not in run_config:
+            if f.name == "finetune" or f.name in SECTIONS or key not in run_config:
                 continue
             values[f.name] = coerce_value(key, run_config[key], f.default)
         values["finetune"] = finetune_from_keys(run_config, cls().finetune)
+        for name, (prefix, section) in SECTIONS.items():
+            values[name] = section_from_run_config(section, prefix, run_config)
         settings = cls(**values)
         settings.check()
         return settings
 
     def to_run_config(self) -> dict[str, Any]:
-        out = {self.key_of(f.name): getattr(self, f.name) for f in fields(self) if f.name != "finetune"}
+        out = {self.key_of(f.name): getattr(self, f.name) for f in fields(self)
+               if f.name != "finetune" and f.name not in SECTIONS}
         out.update(finetune_to_keys(self.finetune))
+        for name, (prefix, _) in SECTIONS.items():
+            out.update(section_to_run_config(getattr(self, name), prefix))
         return out
 
     def site_finetune(self) -> FineTuneConfig:
@@ -119,4 +141,8 @@ class FederationSettings:
             raise ConfigError("server-lr must be > 0 and server-momentum in [0, 1)")
         if self.round_timeout <= 0 or self.site_wait_timeout <= 0:
             raise ConfigError("round-timeout and site-wait-timeout must be > 0 (Flower would wait forever)")
+        if not 0.0 <= self.trimmed_beta < 0.5 or self.krum_malicious < 0:
+            raise ConfigError("trimmed-beta must be in [0, 0.5) and krum-malicious >= 0")
+        self.screening.check()
+        self.dp.check(self.strategy)
 

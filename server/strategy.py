@@ -1,11 +1,13 @@
-"""Aggregation: Flower's FedAvg / FedProx / FedAvgM / FedAdam / FedYogi on screened replies, plus FedBN.
+"""Aggregation: Flower's strategies (common/federation/strategies.py) on screened replies, plus FedBN.
 
 We run our own round loop (bounded waits, screening, checkpoints) and use the Flower strategy
 object only for what it is good at: `aggregate_train`. Learnable floating-point weights go through
 the strategy. BatchNorm statistics (`running_mean`, `running_var`) are averages, not parameters:
 they get the plain weighted mean, since a server step (FedAvgM's learning rate and momentum,
-FedAdam) would extrapolate them -- even to a negative variance. Integer buffers
-(`num_batches_tracked`) get a rounded weighted mean.
+FedAdam) would extrapolate them -- even to a negative variance. Except where the strategy must see
+them: the robust strategies (a plain mean would let one scaled update through the statistics) and
+the DP wrapper (the statistics are part of the clipped update, so they must be noised too); none of
+these takes a server step. Integer buffers (`num_batches_tracked`) get a rounded weighted mean.
 With FedBN the sites do not send BatchNorm weights/statistics, so the global model keeps its
 own and only the rest is aggregated. FedOpt moments (m_t, v_t) and FedAvgM's momentum are saved in
 the run folder so `--resume` continues with the same optimiser state.
@@ -43,6 +45,12 @@ def build_strategy(s: FederationSettings) -> Any:
     opt = dict(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
     if s.strategy == "fedadam":
         return fs.FedAdam(**common, **opt)
+    if s.strategy == "fedmedian":
+        return fs.FedMedian(**common)
+    if s.strategy == "fedtrimmedavg":
+        return fs.FedTrimmedAvg(beta=s.trimmed_beta, **common)
+    if s.strategy == "krum":
+        return fs.Krum(num_malicious_nodes=s.krum_malicious, **common)
     return fs.FedYogi(**common, **opt)
 
 
@@ -57,6 +65,15 @@ def _is_statistic(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in STATISTICS
 
 
+# Strategies that aggregate the BatchNorm statistics themselves (see the module docstring).
+STATISTICS_BY_STRATEGY = ("FedMedian", "FedTrimmedAvg", "Krum")
+
+
+def _strategy_takes_statistics(strategy: Any) -> bool:
+    name = type(strategy).__name__
+    return name in STATISTICS_BY_STRATEGY or name.startswith("DifferentialPrivacy")
+
+
 def aggregate(
     strategy: Any, server_round: int, global_arrays: dict[str, np.ndarray], accepted: list[Screened]
 ) -> dict[str, np.ndarray]:
@@ -64,7 +81,8 @@ def aggregate(
     from flwr.app import MetricRecord, RecordDict
 
     sent_keys = sorted(accepted[0].arrays or {})
-    float_keys = [k for k in sent_keys if _is_float(global_arrays[k]) and not _is_statistic(k)]
+    by_strategy = _strategy_takes_statistics(strategy)
+    float_keys = [k for k in sent_keys if _is_float(global_arrays[k]) and (by_strategy or not _is_statistic(k))]
     mean_keys = [k for k in sent_keys if k not in float_keys]  # BatchNorm statistics and integer counters
     messages = []
     for rep in accepted:
@@ -111,20 +129,20 @@ class _Reply:
 
 def strategy_snapshot(strategy: Any) -> dict[str, np.ndarray]:
     """FedOpt moments (m_t, v_t) and FedAvgM's momentum (a list, in key order) as flat `name/key` arrays.
-    Flower replaces these every round (never updates them in place), so the references stay valid
-    while a background commit writes them."""
+    Flower's FedOpt replaces the moment dicts every round (never in place), so those references stay
+    valid while a background commit writes them; the momentum arrays are copied (cheap, and safe)."""
     arrays: dict[str, np.ndarray] = {}
     for name in ("m_t", "v_t"):
         moments = getattr(strategy, name, None)
         for k, v in (moments or {}).items():
             arrays[f"{name}/{k}"] = np.asarray(v)
     for i, v in enumerate(getattr(strategy, "momentum_vector", None) or []):
-        arrays[f"momentum_vector/{i:06d}"] = np.asarray(v)
+        arrays[f"momentum_vector/{i:06d}"] = np.array(v)
     return arrays
 
 
 def save_strategy_state(strategy: Any, path: Path) -> None:
-    """FedOpt / FedAvgM state -> npz (a strategy or its `strategy_snapshot`); other strategies are
+    """The strategy's state (a strategy or its `strategy_snapshot`) -> npz; other strategies are
     stateless between rounds."""
     arrays = strategy if isinstance(strategy, dict) else strategy_snapshot(strategy)
     with atomic_path(path) as tmp:

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ray-address", default=None, metavar="HOST:PORT",
                         help="run the virtual sites on this existing Ray cluster (= --set flower.ray_address=...); "
                         "per-site resources: [flower] client_num_cpus / client_num_gpus")
+    parser.add_argument("--run-config", dest="run_config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Flower run-config key for the federated arm, e.g. strategy=fedmedian, "
+                        "dp.noise-multiplier=0.5, test-faults='site_02=scale:1000' (repeatable; keys of "
+                        "server/flower_app/pyproject.toml)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where source models, synthetic data and image caches are kept "
                         "(default: $MAMMO_FL_CACHE or ~/.cache/mammo-fl)")
@@ -105,6 +109,7 @@ def _main(argv: list[str] | None) -> int:
         from mammo_fl.simulations.flower_sim import check_ray_address
 
         check_ray_address(settings.flower.ray_address)  # not after minutes of source-model building
+    run_config = parse_run_config(args.run_config)
     from mammo_fl.simulations.driver import run_simulation_study
 
     run_simulation_study(
@@ -115,8 +120,24 @@ def _main(argv: list[str] | None) -> int:
         inbreast=args.inbreast,
         sites_dir=args.sites_dir,
         cache_dir=args.cache_dir,
+        run_config=run_config,
     )
     return 0
+
+
+def parse_run_config(items: list[str]) -> dict:
+    """`dp.noise-multiplier=0.5` -> {"dp.noise-multiplier": 0.5}; unknown keys and bad values fail here."""
+    from mammo_fl.common.federation.flower_private import fused_run_config
+    from mammo_fl.common.utils.config import parse_override
+    from mammo_fl.server.settings import FederationSettings
+    from mammo_fl.simulations.flower_sim import APP_DIR
+
+    extra = {}
+    for item in items:
+        keys, value = parse_override(item)
+        extra[".".join(keys)] = value
+    FederationSettings.from_run_config(fused_run_config(APP_DIR, extra))  # known keys, valid values
+    return extra
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,12 @@ def run_simulation_study(
     inbreast: Path | None = None,
     sites_dir: Path | None = None,
     cache_dir: Path | None = None,
+    run_config: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Run the whole study and write the result files; returns the long results table."""
+    """Run the whole study and write the result files; returns the long results table.
+
+    `run_config`: extra Flower run-config keys for the federated arm (strategy, dp.*, screening.*, test-faults).
+    """
     started = time.perf_counter()
     settings: SimSettings = parse_settings(load_config(preset, "sim", overrides), preset=preset)
     out_dir = Path(out_dir)
@@ -82,7 +87,8 @@ def run_simulation_study(
     timings: dict[str, float] = {}
     record: dict[str, Any] = {
         "command": "mammo-sim", "preset": preset, "overrides": list(overrides or []),
-        "settings": settings.to_dict(), "device": str(device), "cache_dir": str(cache_root),
+        "settings": settings.to_dict(), "run_config": dict(run_config or {}), "device": str(device),
+        "cache_dir": str(cache_root),
         "environment": environment_record(), "timings": timings, "status": "running",
     }
     run_json = out_dir / "run.json"
@@ -121,7 +127,7 @@ def run_simulation_study(
         train_images=train, val_images=val, device=device, tta=exp.tta, eval_batch_size=exp.eval_batch_size,
     )
     experiment = TransferExperiment(
-        settings, data, out_dir, federated_runner=run_federated,
+        settings, data, out_dir, federated_runner=partial(run_federated, extra_run_config=run_config),
         on_job_done=lambda: write_run_record(run_json, {**record, "grid": experiment.record.__dict__}),
     )
     t = time.perf_counter()
@@ -145,6 +151,7 @@ def run_simulation_study(
                + (f" --inbreast {inbreast}" if inbreast else "")
                + (f" --sites-dir {sites_dir}" if sites_dir else "")
                + "".join(f" --set {o}" for o in overrides or [])
+               + "".join(f" --run-config {k}={v!r}" for k, v in (run_config or {}).items())
                + " [--set experiment.sizes=[N] --set experiment.seeds=[S] --set experiment.methods=['M']"
                " --set experiment.k_sites=[K] re-runs one row]"),
     )

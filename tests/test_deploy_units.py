@@ -299,8 +299,9 @@ def test_a_small_site_sends_no_histogram(synth_sites, tmp_path, task_identity):
                                                           "error": P.TOO_SMALL}
     assert not reply.content.metric_records and not reply.content.array_records
     train_entry, eval_entry = read_entries(state)
-    assert train_entry["status"] == "ok" and "hist-pos" not in train_entry["metric_names"]
-    assert eval_entry["kind"] == "evaluate" and eval_entry["status"] == "error" and eval_entry["metric_names"] == []
+    assert train_entry["status"] == "ok" and not train_entry["sent"]["eval"]  # no histogram left the site
+    assert eval_entry["kind"] == "evaluate" and eval_entry["status"] == "error"
+    assert not eval_entry["sent"]["eval"] and not eval_entry["sent"]["metrics"]
     # ... and with the threshold off the same site does send its histograms.
     ctx.node_config["min-patients-per-class"] = 0
     site_work._SESSIONS.clear()

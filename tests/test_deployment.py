@@ -193,7 +193,7 @@ def test_registered_key_claiming_another_name_is_refused_on_both_sides(deployed)
     site_console = deployed["cast"]["site-3"][1].read_text()
     assert "failed [site-name-mismatch]" in site_console and "registered as 'site-3'" in site_console
     entries = read_entries(deployed["root"] / "state" / "site-3")
-    assert entries and all(e["status"] == "error" and e["weights_sha256"] is None for e in entries)
+    assert entries and all(e["status"] == "error" and e["sent"]["weights_sha256"] is None for e in entries)
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S)
@@ -214,7 +214,8 @@ def test_small_site_sends_no_histogram(deployed):
     table = pd.read_csv(deployed["out"] / "metrics.csv")
     assert "auc_site-2" not in table.columns
     evaluated = [e for e in read_entries(deployed["root"] / "state" / "site-2") if e["kind"] == "evaluate"]
-    assert evaluated and all(e["status"] == "error" and e["metric_names"] == [] for e in evaluated)
+    assert evaluated and all(e["status"] == "error" and not e["sent"]["eval"] and not e["sent"]["metrics"]
+                             for e in evaluated)
 
 
 @pytest.mark.timeout(E2E_TIMEOUT_S)

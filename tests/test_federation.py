@@ -24,7 +24,8 @@ from federation_support import (
     wait_for,
 )
 
-from mammo_fl.client.audit import AUDIT_FIELDS, read_entries
+from mammo_fl.client.audit import AUDIT_FIELDS, read_entries, read_lines
+from mammo_fl.client.audit_verify import verify_chain
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.processes import free_port
 
@@ -109,8 +110,10 @@ def test_two_rounds_three_sites(federation):
         assert entries and all(set(e) == set(AUDIT_FIELDS) for e in entries)
         assert sorted((e["round"], e["kind"]) for e in entries) == [(1, "train"), (2, "evaluate"), (2, "train")]
         for e in entries:
-            assert set(e["metric_names"]) <= ALLOWED_METRICS and e["status"] == "ok" and e["bytes"] > 0
-            assert (e["weights_sha256"] is None) == (e["kind"] == "evaluate")
+            assert set(e["sent"]["metrics"]) | set(e["sent"]["eval"]) <= ALLOWED_METRICS
+            assert e["status"] == "ok" and e["sent"]["bytes"] > 0
+            assert (e["sent"]["weights_sha256"] is None) == (e["kind"] == "evaluate")
+        assert verify_chain(read_lines(site / ".mammo-fl")).intact
 
 
 def entries_run_id(rundir) -> int:

@@ -38,7 +38,9 @@ def test_a_site_fills_absent_keys_with_the_one_set_of_defaults():
 
 
 def test_every_finetune_key_is_declared_by_the_flower_app():
-    declared = tomllib.loads(APP_CONFIG.read_text())["tool"]["flwr"]["app"]["config"]
+    from mammo_fl.server.safeguard_settings import flatten_config
+
+    declared = flatten_config(tomllib.loads(APP_CONFIG.read_text())["tool"]["flwr"]["app"]["config"])
     assert set(FINETUNE_KEYS) <= set(declared)
     assert set(FederationSettings().to_run_config()) == set(declared)
 

@@ -98,4 +98,4 @@ def test_faulty_sites_are_named_and_the_run_goes_on(faulty_federation):
 
     # The broken site logged its error replies in its own audit log.
     entries = read_entries(f["root"] / "sites" / "site-broken" / ".mammo-fl")
-    assert entries and all(e["status"] == "error" and e["weights_sha256"] is None for e in entries)
+    assert entries and all(e["status"] == "error" and e["sent"]["weights_sha256"] is None for e in entries)

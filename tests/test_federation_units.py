@@ -26,8 +26,11 @@ BIN = Path(sys.executable).parent
 
 def test_run_config_keys_agree_everywhere():
     """Preset, FAB pyproject and the settings dataclass list the same keys with the same defaults."""
-    preset = tomllib.loads((ROOT / "common/presets/federation.toml").read_text())
-    app = tomllib.loads((ROOT / "server/flower_app/pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    from mammo_fl.server.safeguard_settings import flatten_config  # [dp] tables = Flower's dotted keys
+
+    preset = flatten_config(tomllib.loads((ROOT / "common/presets/federation.toml").read_text()))
+    app = flatten_config(
+        tomllib.loads((ROOT / "server/flower_app/pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
     fields = FederationSettings().to_run_config()
     assert set(preset) == set(app) == set(fields)
     for key, value in preset.items():

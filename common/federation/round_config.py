@@ -96,10 +96,16 @@ class RoundConfig:
     train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
     wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
     registered_site: str = ""  # the name the receiving node's key is registered under ("" in lab mode)
+    # differential privacy asked of the site (0 = off): clip the update to this L2 norm, add Gaussian noise
+    # of std dp_site_noise x dp_clip_norm to it, add Gaussian noise of this std (counts) to each histogram bin
+    dp_clip_norm: float = 0.0
+    dp_site_noise: float = 0.0
+    dp_histogram_noise: float = 0.0
 
     # scalar fields sent under their dashed names
     _SCALARS = ("server_round", "fed_id", "model_kind", "val_fraction", "fedbn", "device", "num_threads", "tta",
-                "hist_bins", "evaluate", "train_layers", "wire_dtype", "registered_site")
+                "hist_bins", "evaluate", "train_layers", "wire_dtype", "registered_site", "dp_clip_norm",
+                "dp_site_noise", "dp_histogram_noise")
 
     def to_record(self) -> Any:
         from flwr.app import ConfigRecord

@@ -17,7 +17,16 @@ STRATEGIES: dict[str, tuple[str, str]] = {
                            "(Hsu et al. 2019; server-lr, server-momentum)"),
     "fedadam": ("FedAdam", "server-side Adam on the averaged update (FedOpt)"),
     "fedyogi": ("FedYogi", "server-side Yogi on the averaged update (FedOpt)"),
+    # Byzantine-robust (Yin et al. 2018; Blanchard et al. 2017): they ignore num-examples for the
+    # weights themselves, so a site cannot buy influence by claiming more examples.
+    "fedmedian": ("FedMedian", "coordinate-wise median of the site weights"),
+    "fedtrimmedavg": ("FedTrimmedAvg", "coordinate-wise mean after cutting `trimmed-beta` of each tail"),
+    "krum": ("Krum", "the one site update closest to its n - f - 2 nearest others (f = `krum-malicious`)"),
 }
+
+# Strategies whose aggregate is the (example- or uniformly-) weighted mean of the updates: the only
+# ones for which server-side DP noise of std noise-multiplier x clip-norm / sites is calibrated.
+MEAN_STRATEGIES = ("fedavg", "fedprox")
 
 
 def check_strategy(name: str, what: str = "strategy") -> str:

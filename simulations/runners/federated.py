@@ -97,8 +97,11 @@ def score_fedbn(final: Path, sites_dir: Path, data: ExperimentData) -> np.ndarra
 
 
 def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_dir: Path,
-                  settings: SimSettings, seed: int, predictions: Path | None = None) -> tuple[float, dict[str, Any]]:
-    """Federated fine-tuning over `by_site`; returns (validation AUC, timing/info dict)."""
+                  settings: SimSettings, seed: int, predictions: Path | None = None,
+                  extra_run_config: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+    """Federated fine-tuning over `by_site`; returns (validation AUC, timing/info dict).
+
+    `extra_run_config` (mammo-sim --run-config) overrides/extends the run config, e.g. dp.* keys."""
     from mammo_fl.common.utils.errors import MammoError
 
     start = time.perf_counter()
@@ -113,6 +116,7 @@ def run_federated(data: ExperimentData, by_site: dict[str, pd.DataFrame], sites_
         settings.finetune, k, seed, sites_dir, run_dir, data.source_model, device,
         threads=max(1, int(fl.client_num_cpus)), round_timeout=fl.round_timeout_s,
     )
+    run_config.update(extra_run_config or {})
     timing = simulate_federation(run_config, k, backend)
     final = run_dir / "final.pt"
     if not final.is_file():
