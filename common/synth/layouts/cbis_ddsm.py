@@ -1,6 +1,6 @@
 """CBIS-DDSM layout: four case-description CSVs + DICOM tree (NBIA descriptive or classic UID).
 
-Mirrors the real release's quirks (see shared/reference/mammography-data.md section 1):
+Mirrors the real release's quirks (docs/data.md describes the layout):
 `breast_density` vs `breast density` headers, trailing newlines inside quoted path cells,
 CSV paths in the classic form that does not match the descriptive tree, crop/mask file
 order swapped on disk for some rows, mask and crop sometimes sharing one series folder,
