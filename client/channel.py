@@ -7,11 +7,14 @@ connection: a JSON header frame, then the raw bytes of each numpy array it lists
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import signal
 import socket
 import struct
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +129,15 @@ def call(path: Path, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
     with sock:
         send(sock, header, arrays)
         return receive(sock)
+
+
+def serve_main(prog: str, description: str, serve: Callable[[Path, int], None], argv: list[str] | None = None) -> int:
+    """Entry point of a process serving this channel (`--socket PATH --parent PID`): exits on SIGTERM
+    or when `mammo-client` (the parent) is gone, so it never outlives the site."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--socket", required=True, type=Path)
+    p.add_argument("--parent", type=int, default=0, help="exit when this process (mammo-client) is gone")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    serve(args.socket, args.parent)
+    return 0

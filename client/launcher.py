@@ -19,7 +19,6 @@ is not here either: it is in the site worker (client/worker.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import selectors
@@ -31,7 +30,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mammo_fl.client.channel import listen, peer_is_same_user
+from mammo_fl.client.channel import listen, peer_is_same_user, serve_main
 from mammo_fl.common.utils.atomic import atomic_path
 
 SHIM_NAME = "flwr-clientapp"  # the command Flower's SuperExec runs per message (flower_private.CLIENTAPP_COMMAND)
@@ -200,13 +199,7 @@ def _reap(children: dict[int, socket.socket]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mammo-fl clientapp launcher", description=__doc__.splitlines()[0])
-    p.add_argument("--socket", required=True, type=Path)
-    p.add_argument("--parent", type=int, default=0, help="exit when this process (mammo-client) is gone")
-    args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(args.socket, args.parent)
-    return 0
+    return serve_main("mammo-fl clientapp launcher", __doc__.splitlines()[0], serve, argv)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,12 @@ here) and is restarted by it when it fails; it never serves the network.
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
-from mammo_fl.client.channel import ChannelError, listen, peer_is_same_user, receive, send
+from mammo_fl.client.channel import ChannelError, listen, peer_is_same_user, receive, send, serve_main
 
 PARENT_CHECK_S = 2.0
 
@@ -80,13 +78,7 @@ def serve(path: Path, parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mammo-fl site worker", description=__doc__.splitlines()[0])
-    p.add_argument("--socket", required=True, type=Path)
-    p.add_argument("--parent", type=int, default=0, help="exit when this process (mammo-client) is gone")
-    args = p.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(args.socket, args.parent)
-    return 0
+    return serve_main("mammo-fl site worker", __doc__.splitlines()[0], serve, argv)
 
 
 if __name__ == "__main__":
