@@ -62,8 +62,13 @@ def test_ensemble_is_the_mean_of_member_scores(tmp_path, dataset) -> None:
     pa, pb = _save(tmp_path / "a.pt", a), _save(tmp_path / "b.pt", b)
     expected = (predict_scores(a, dataset, CPU, tta=True) + predict_scores(b, dataset, CPU, tta=True)) / 2
     np.testing.assert_allclose(ensemble_scores([pa, pb], dataset, CPU, tta=True), expected, atol=1e-6)
-    with pytest.raises(ConfigError, match="mean"):
-        ensemble_scores([_save(tmp_path / "c.pt", a, mean=52.18)], dataset, CPU)
+    # a member trained on another cohort subtracts its own mean, not the dataset's
+    pc = _save(tmp_path / "c.pt", b, mean=52.18)
+    own = predict_scores(b, dataset.with_mean(52.18), CPU, tta=True)
+    assert np.abs(own - predict_scores(b, dataset, CPU, tta=True)).max() > 1e-4  # the mean matters
+    np.testing.assert_allclose(ensemble_scores([pa, pc], dataset, CPU, tta=True),
+                               (predict_scores(a, dataset, CPU, tta=True) + own) / 2, atol=1e-6)
+    assert dataset.mean == 40.0  # the caller's dataset is left as it was
     with pytest.raises(ConfigError, match="64x48"):
         ensemble_scores([_save(tmp_path / "d.pt", a, size=(128, 96))], dataset, CPU)
     patch = build_model("patch", {"arch": "resnet_tiny"})

@@ -69,10 +69,19 @@ def check_preprocessing(preprocessing: dict[str, Any], dataset: Dataset, source:
             raise ConfigError(f"{source} expects images {want[0]}x{want[1]}, the dataset has {size[0]}x{size[1]}")
 
 
+def _with_model_mean(dataset: Dataset, preprocessing: dict[str, Any]) -> Dataset:
+    if "mean" in preprocessing and hasattr(dataset, "with_mean"):
+        return dataset.with_mean(float(preprocessing["mean"]))
+    return dataset
+
+
 def ensemble_scores(checkpoints: Sequence[str | Path | LoadedCheckpoint], dataset: Dataset,
                     device: torch.device | str, tta: bool = True, batch_size: int = 8,
                     progress: bool = False) -> np.ndarray:
-    """Average of the members' (TTA) malignant scores (the paper's ensemble of 4 whole-image models)."""
+    """Average of the members' (TTA) malignant scores (the paper's ensemble of 4 whole-image models).
+
+    Each member sees the images with its own preprocessing mean (members trained on different cohorts
+    subtract different means); the image size must match every member."""
     if not checkpoints:
         raise ConfigError("an ensemble needs at least one checkpoint")
     total = None
@@ -80,9 +89,10 @@ def ensemble_scores(checkpoints: Sequence[str | Path | LoadedCheckpoint], datase
         ckpt = item if isinstance(item, LoadedCheckpoint) else load_checkpoint(item, device)
         if ckpt.kind != "whole_image":
             raise ConfigError(f"ensemble members must be whole-image checkpoints, got {ckpt.kind!r}")
-        check_preprocessing(ckpt.preprocessing, dataset, source=str(item) if not isinstance(item, LoadedCheckpoint)
+        member_set = _with_model_mean(dataset, ckpt.preprocessing)
+        check_preprocessing(ckpt.preprocessing, member_set, source=str(item) if not isinstance(item, LoadedCheckpoint)
                             else "checkpoint")
-        scores = predict_scores(ckpt.model, dataset, device, tta=tta, batch_size=batch_size, progress=progress)
+        scores = predict_scores(ckpt.model, member_set, device, tta=tta, batch_size=batch_size, progress=progress)
         total = scores if total is None else total + scores
     return total / len(checkpoints)
 

@@ -103,6 +103,12 @@ class _CachedImages(Dataset):
         view.augment = False
         return view
 
+    def with_mean(self, mean: float) -> _CachedImages:
+        """A shallow copy that subtracts another mean (a model's own preprocessing; shares preloaded arrays)."""
+        view = copy.copy(self)
+        view.mean = float(mean)
+        return view
+
     def labels(self) -> np.ndarray:
         return np.array([self._label(i) for i in range(len(self))], dtype=np.int64)
 
