@@ -70,14 +70,3 @@ def pool_histograms(accepted: list[Screened], bins: int, target: Target | float)
         out.sens, out.spec = out.confusion.sens, out.confusion.spec
     return out
 
-
-def check_bins(accepted: list[Screened], bins: int) -> tuple[list[Screened], list[tuple[Screened, str]]]:
-    """Histograms must have the bin count the server asked for."""
-    good, bad = [], []
-    for rep in accepted:
-        n_neg, n_pos = len(rep.metrics["hist-neg"]), len(rep.metrics["hist-pos"])
-        if n_neg != bins or n_pos != bins:
-            bad.append((rep, f"histograms have {n_neg}/{n_pos} bins, expected {bins}"))
-        else:
-            good.append(rep)
-    return good, bad
