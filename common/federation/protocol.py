@@ -2,7 +2,8 @@
 
 One message per round. Server -> site (TRAIN; EVALUATE only for the final model): RecordDict
 {"arrays": packed weights (common/federation/wire.py: "floats", "ints", and "scales" for an int8
-delta; absent when the site already holds the model), "wire": how they are packed, "config": the RoundConfig}.
+delta; absent when the site already holds the model), "wire": how they are packed, "config": the
+RoundConfig}.
 Site -> server: {"eval": MetricRecord (the received model scored on the validation split, when
 asked), "metrics": MetricRecord (TRAIN), "arrays" + "wire" (TRAIN: the site's update as a
 delta), "site": ConfigRecord {site, status, held = digest of the global model it now holds}}.
