@@ -10,7 +10,7 @@ Measured side by side in one run, both with 2 SuperNodes and the same SuperLink 
 Figures are medians over the rounds; `--json FILE` also writes them (with the load average).
 
     python benchmarks/bench_federation.py --model resnet50 --rounds 3 --json out.json
-    python benchmarks/bench_federation.py --model tiny --wire fp16     # quick plumbing check
+    python benchmarks/bench_federation.py --model tiny --wire int8     # quick plumbing check
     python benchmarks/bench_federation.py --model tiny --cold-clientapp   # without the pre-started clientapp
 """
 
@@ -39,6 +39,7 @@ from mammo_fl.common.federation.processes import (  # noqa: E402
     stop_daemon,
     wait_healthy,
 )
+from mammo_fl.common.federation.wire import WIRE_DTYPES  # noqa: E402
 
 MODELS = {
     # trunk resnet50 + a 1-block top: ~24 M parameters, ~95 MB of float32 weights
@@ -194,7 +195,7 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default="resnet50")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--patients", type=int, default=8, help="synthetic patients per site")
-    ap.add_argument("--wire", choices=("fp32", "fp16", "bf16"), default="fp16", help="mammo's wire-dtype")
+    ap.add_argument("--wire", choices=WIRE_DTYPES, default="fp16", help="mammo's wire-dtype")
     ap.add_argument("--cold-clientapp", action="store_true",
                     help="mammo-client without its pre-started flwr-clientapp (measures the alternative)")
     ap.add_argument("--json", type=Path, default=None, help="also write the medians here")

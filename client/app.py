@@ -74,8 +74,7 @@ def _request(msg: Message, context: Context, kind: str) -> tuple[dict[str, Any],
     packed = P.packed_from_records(content.array_records.get(P.ARRAYS), meta)
     header = {"kind": kind, "config": dict(cfg), "wire": {**meta, "mode": packed.mode},
               "node_config": dict(context.node_config), "run_config": dict(context.run_config)}
-    arrays = {} if packed.mode == "same" else {P.FLOATS: packed.floats, P.INTS: packed.ints}
-    return header, arrays
+    return header, P.packed_arrays(packed)
 
 
 def _do_work(header: dict[str, Any], arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

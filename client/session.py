@@ -236,7 +236,7 @@ class SiteSession:
         fault = parse_fault(self.site.fault)  # test-only: nan | scale:F | claim-examples:N act on what leaves
         if fault.changes_update:
             update = W.pack_delta(apply_update_fault(fault, sent, self.held), self.held, layout, rc.wire_dtype)
-        else:  # the clip holds on what the coordinator decodes, not only before the fp16/bf16 rounding
+        else:  # the clip holds on what the coordinator decodes, not only before the fp16/bf16/int8 rounding
             update = pack_within_norm(sent, self.held, layout, rc.wire_dtype, wire_clip_norm(rc))
         metrics = {"num-examples": claimed_examples(fault, int(result["num_examples"])),
                    "train-loss": float(result["train_loss"]), "train-seconds": float(seconds)}

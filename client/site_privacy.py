@@ -10,7 +10,8 @@ after our handler, so the audit log would record weights other than those that l
 Here only float weights are clipped/noised, in float64, before the update is packed for the wire
 (common/federation/wire.py) and the reply is built and logged. Clipping is checked on what the
 coordinator will reconstruct from the packed arrays (fp16/bf16 rounding can lengthen a clipped
-update by up to 2^-8 of its norm), so an honest site is never above the clip norm there.
+update by up to 2^-8 of its norm, int8 rounding nearly always lengthens it a little), so an honest
+site is never above the clip norm there.
 """
 
 from __future__ import annotations

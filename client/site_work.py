@@ -39,7 +39,8 @@ def session_for(node_config: dict[str, Any], run_config: dict[str, Any]) -> Site
 def packed_from_request(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> W.Packed:
     return W.Packed(str(meta["mode"]), str(meta["dtype"]),
                     arrays.get(P.FLOATS, np.zeros(0, np.float32)), arrays.get(P.INTS, np.zeros(0, np.int64)),
-                    str(meta["layout"]), [int(e) for e in meta.get("exponents", [])])
+                    str(meta["layout"]), [int(e) for e in meta.get("exponents", [])],
+                    arrays.get(P.SCALES, np.zeros(0, np.float32)))
 
 
 def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
@@ -75,7 +76,7 @@ def run_request(header: dict[str, Any], arrays: dict[str, np.ndarray],
         if result.update is not None:
             out["wire"] = {"mode": result.update.mode, "dtype": result.update.dtype, "layout": result.update.layout,
                            "exponents": list(result.update.exponents)}
-            out_arrays = {P.FLOATS: result.update.floats, P.INTS: result.update.ints}
+            out_arrays = P.packed_arrays(result.update)
         return out, out_arrays, sess
     except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply, never a dead round
         reason = public_reason(exc)

@@ -42,7 +42,7 @@ class FederationSettings:
     strategy: str = "fedavg"
     fedbn: bool = False
     train_layers: str = "all"  # all | top | head: what the sites fine-tune (frozen layers never travel)
-    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: deltas on the wire (common/federation/wire.py)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16 | int8: deltas on the wire (common/federation/wire.py)
     # local fine-tuning hyperparameters (run-config keys: common/federation/round_config.FINETUNE_KEYS);
     # `proximal-mu` is sent to the sites only with strategy fedprox
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(proximal_mu=0.01))

@@ -73,9 +73,11 @@ def _message(down, config: dict):
     return Message(down.contents([1], record)[1], 1, "train")
 
 
-def test_the_handler_clips_then_applies_the_fault_and_logs_exactly_what_left(tmp_path, synth_sites, task_identity):
+@pytest.mark.parametrize("wire", ["fp16", "int8"])
+def test_the_handler_clips_then_applies_the_fault_and_logs_exactly_what_left(tmp_path, synth_sites, task_identity,
+                                                                              wire):
     """The real handler (in-process site work, as in simulation and the worker fallback): an honest site's
-    clipped update is within dp-clip-norm as the coordinator decodes it from fp16; a faulty one's is scaled
+    clipped update is within dp-clip-norm as the coordinator decodes it from the wire dtype; a faulty one's is scaled
     after the clip; claim-examples lies in the reply; histogram noise keeps the totals consistent; the audit
     entry holds exactly what left (the reply's SHA-256, the packed update's)."""
     import torch
@@ -89,17 +91,17 @@ def test_the_handler_clips_then_applies_the_fault_and_logs_exactly_what_left(tmp
     torch.manual_seed(0)
     site_work._SESSIONS.clear()
     arrays = P.state_to_numpy(build_model("whole_image", TINY_SPEC).state_dict())
-    down = Downlink(arrays, sorted(arrays), "fp16")
+    down = Downlink(arrays, sorted(arrays), wire)
     state = tmp_path / "state"
     node = {"site": "h1", "data-dir": str(synth_sites / "site-1"), "state-dir": str(state), "num-threads": 1,
             "cache-workers": 1, "min-patients-per-class": 0}
     ctx = Context(run_id=5, node_id=1, node_config=node, state=RecordDict(), run_config={})
-    dp = {"dp_clip_norm": 0.05, "wire_dtype": "fp16"}
+    dp = {"dp_clip_norm": 0.05, "wire_dtype": wire}
 
     honest = handle(_message(down, {**dp, "evaluate": True, "dp_histogram_noise": 3.0}), ctx, "train").content
     assert honest.config_records[P.SITE]["status"] == P.STATUS_OK, honest.config_records[P.SITE]
     norm = update_norm(down.decode_update(honest), arrays)
-    assert 0.05 * 0.99 < norm <= 0.05  # clipped, and still within the clip after the fp16 rounding
+    assert 0.05 * 0.99 < norm <= 0.05  # clipped, and still within the clip after the fp16 / int8 rounding
     hists = dict(honest.metric_records[P.EVAL])
     assert hists["num-examples"] == sum(hists["hist-neg"]) + sum(hists["hist-pos"])  # noised, consistent
 
@@ -115,4 +117,4 @@ def test_the_handler_clips_then_applies_the_fault_and_logs_exactly_what_left(tmp
     assert first["sent"]["sha256"] == honest.object_id and first["sent"]["eval"] == hists
     sent = P.arrayrecord_to_numpy(scaled.array_records[P.ARRAYS])  # the packed update exactly as it left
     assert second["sent"]["sha256"] == scaled.object_id and second["sent"]["weights_sha256"] == P.arrays_sha256(sent)
-    assert second["sent"]["wire"]["dtype"] == "fp16" and second["received"]["config"]["dp-clip-norm"] == 0.05
+    assert second["sent"]["wire"]["dtype"] == wire and second["received"]["config"]["dp-clip-norm"] == 0.05

@@ -44,6 +44,9 @@ def test_settings_reject_bad_values_and_default_from_empty_config():
         FederationSettings.from_run_config({"strategy": "scaffold"})
     with pytest.raises(ConfigError, match="num-server-rounds"):
         FederationSettings.from_run_config({"num-server-rounds": "many"})
+    assert FederationSettings.from_run_config({"wire-dtype": "int8"}).wire_dtype == "int8"
+    with pytest.raises(ConfigError, match=r"wire-dtype 'int4' unknown; choose one of fp32, fp16, bf16, int8"):
+        FederationSettings.from_run_config({"wire-dtype": "int4"})
 
 
 GOOD = {"w": np.ones((2, 3), np.float32), "n": np.array(5, np.int64)}
@@ -290,6 +293,46 @@ def test_reduced_precision_updates_aggregate_like_fp32(dtype, rel):
     assert int(published["n"]) == 12 and published["w"].dtype == np.float32
     if dtype != "fp32":  # and it is not the exact aggregate: the precision really was reduced
         assert not np.array_equal(published["w"], exact["w"])
+
+
+def test_int8_updates_aggregate_like_fp32_within_half_a_step():
+    """Three sites send int8 deltas; the coordinator decodes, aggregates (FedAvg) and publishes an int8
+    delta: per element the published model is within the example-weighted mean of the sites' half
+    steps (scale / 2 of each element's block) plus the published delta's own half step of the exact
+    fp32 aggregate (and float32 roundings)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from mammo_fl.common.federation.wire_int8 import INT8_BLOCK
+    from mammo_fl.server.downlink import Downlink
+
+    def half_step(packed: W.Packed, n: int) -> np.ndarray:
+        return np.repeat(packed.scales.astype(np.float64), INT8_BLOCK)[:n] / 2
+
+    rng = np.random.default_rng(0)
+    n = 5 * INT8_BLOCK + 17
+    glob = {"w": rng.normal(0, 0.05, n).astype(np.float32), "n": np.array(10, np.int64)}
+    sites = [{"w": glob["w"] + (rng.standard_t(3, n) * 1e-4).astype(np.float32), "n": np.array(12, np.int64)}
+             for _ in range(3)]
+    examples = [5, 9, 2]
+    settings = FederationSettings(strategy="fedavg", min_sites=2)
+    exact = aggregate(build_strategy(settings), 1, glob,
+                      [Screened(i, f"s{i}", w, {"num-examples": k}) for i, (w, k) in enumerate(zip(sites, examples))])
+    down = Downlink(dict(glob), ["n", "w"], "int8")
+    decoded, site_error = [], np.zeros(n)
+    weights = np.array(examples, np.float64) / sum(examples)
+    for i, (w, k) in enumerate(zip(sites, examples, strict=True)):
+        packed = W.pack_delta(w, glob, down.layout, "int8")
+        record, meta = P.packed_to_records(packed)
+        arrays = down.decode_update(RecordDict({P.ARRAYS: record, P.WIRE: ConfigRecord(meta)}))
+        decoded.append(Screened(i, f"s{i}", arrays, {"num-examples": k}))
+        site_error += weights[i] * half_step(packed, n)
+    published = down.publish(aggregate(build_strategy(settings), 1, glob, decoded))
+    assert down.delta is not None and down.delta.dtype == "int8"  # the downlink is int8 as well
+    bound = (site_error + half_step(down.delta, n)) * (1 + 2.0**-16) + 2.0**-22 * np.abs(glob["w"])
+    err = np.abs(published["w"].astype(np.float64) - exact["w"])
+    assert np.all(err <= bound), float(np.max(err / bound))
+    assert int(published["n"]) == 12 and published["w"].dtype == np.float32
+    assert np.max(err) > 2.0**-22 * np.max(np.abs(glob["w"]))  # int8 really is coarser than fp32
 
 
 @pytest.mark.parametrize("stage", ["all", "top", "head"])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from safeguard_support import GLOBAL, site_arrays
 
-from mammo_fl.client.site_privacy import clip_update, noise_histograms, protect_update
+from mammo_fl.client.site_privacy import clip_update, noise_histograms, pack_within_norm, protect_update
+from mammo_fl.common.federation import wire as W
 from mammo_fl.common.federation.round_config import RoundConfig
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.server.privacy import HISTOGRAM, UPDATE, PrivacyLedger
@@ -116,6 +117,28 @@ def test_sites_clip_their_update_and_noise_when_asked():
     assert float((noisy["w"] - 2.0 / math.sqrt(100_000)).std()) == pytest.approx(1.0, rel=0.02)  # 0.5 x 2
     off = RoundConfig(1, "f", "whole_image", {}, {})
     assert protect_update(sent, GLOBAL, off) is sent
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+def test_the_clip_holds_on_the_update_the_coordinator_decodes(dtype):
+    """Rounding to the wire dtype can lengthen a clipped update (int8 always does: its rounding error
+    adds ~scale^2 / 12 per element to the squared norm); the site shrinks it until the decoded norm fits."""
+    rng = np.random.default_rng(7)
+    held = {"w": rng.normal(0, 0.05, 20_000).astype(np.float32), "b": rng.normal(0, 0.05, 300).astype(np.float32),
+            "n": np.array(3, np.int64)}
+    sent = {"w": held["w"] + rng.normal(0, 1e-3, 20_000).astype(np.float32),
+            "b": held["b"] + rng.standard_t(2, 300).astype(np.float32) * 1e-3, "n": np.array(4, np.int64)}
+    clip = 0.5 * update_norm(sent, held)
+    clipped = clip_update(sent, held, clip)
+    layout = W.Layout.of(held)
+
+    def decoded_norm(packed: W.Packed) -> float:
+        return update_norm(W.unpack(packed, layout, held), held)
+
+    if dtype == "int8":
+        assert decoded_norm(W.pack_delta(clipped, held, layout, dtype)) > clip  # without the re-check: above
+    packed = pack_within_norm(clipped, held, layout, dtype, clip)
+    assert packed.dtype == dtype and 0.99 * clip < decoded_norm(packed) <= clip
 
 
 def test_noised_histograms_stay_counts():

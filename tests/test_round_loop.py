@@ -10,7 +10,7 @@ import shutil
 
 import pandas as pd
 import pytest
-from federation_support import make_checkpoint
+from federation_support import TINY_SPEC, make_checkpoint
 
 from mammo_fl.server.settings import FederationSettings
 
@@ -46,8 +46,9 @@ class LoopbackGrid:
         return [self.replies.pop(i) for i in ids if i in self.replies]
 
 
-def _settings(tmp_path, model, rounds: int, resume: bool = False) -> FederationSettings:
+def _settings(tmp_path, model, rounds: int, resume: bool = False, wire: str = "fp16") -> FederationSettings:
     run_config = {"out-dir": str(tmp_path / "run"), "initial-model": str(model), "num-server-rounds": rounds,
+                  "wire-dtype": wire,
                   "min-sites": 2, "max-steps": 1, "batch-size": 2, "val-fraction": 0.4, "num-threads": 1,
                   "hist-bins": 50, "lr": 1e-3, "strategy": "fedadam", "eta": 1e-3, "resume": resume,
                   "evaluate-initial": True, "round-timeout": 600.0, "site-wait-timeout": 60.0}
@@ -105,6 +106,31 @@ def test_round_loop_rows_commits_and_resume(tmp_path, synth_sites, task_identity
     assert final["evaluated_by"] == "final" and final["operating_point"]["round"] == 2
     assert final["operating_point"]["n_neg"] == int(table.loc[2, "n_neg"]) > 0
     assert read_checkpoint_meta(out / "round_002.pt")["metrics"] == final
+
+
+def test_int8_rounds_cost_a_quarter_of_the_model_each_way(tmp_path, synth_sites, task_identity):
+    """wire-dtype = int8 through the real round loop and site handler: after the first (full fp32)
+    download, a round costs ~0.25x the fp32 model down + ~0.25x up, and metrics.csv says int8."""
+    from mammo_fl.client import site_work
+    from mammo_fl.common.federation import protocol as P
+    from mammo_fl.common.models import build_model
+    from mammo_fl.server.round_loop import run_round_loop
+
+    site_work._SESSIONS.clear()
+    model = make_checkpoint(tmp_path / "init.pt")
+    fp32_bytes = sum(v.nbytes for v in P.state_to_numpy(build_model("whole_image", TINY_SPEC).state_dict()).values())
+    sites = {}
+    for i, name in enumerate(("site-1", "site-2"), start=1):
+        data = shutil.copytree(synth_sites / name, tmp_path / name)
+        sites[i] = {"site": name, "data-dir": str(data), "min-patients-per-class": 0}
+    run_round_loop(LoopbackGrid(sites), _settings(tmp_path, model, rounds=2, wire="int8"), run_id=1)
+    table = pd.read_csv(tmp_path / "run" / "metrics.csv").set_index("round")
+    assert list(table.index) == [0, 1, 2] and table["pooled_auc"].notna().all()
+    assert set(table.loc[[1, 2], "wire"]) == {"int8"}
+    down, up = table["bytes_down_per_site"] / fp32_bytes, table["bytes_up_per_site"] / fp32_bytes
+    assert 1.0 <= down[1] < 1.05  # the first message: the full fp32 model
+    assert 0.24 < up[1] < 0.27 and 0.24 < up[2] < 0.27 and 0.24 < down[2] < 0.27
+    assert down[2] + up[2] <= 0.53, (down[2], up[2])
 
 
 def test_round_loop_sends_only_to_registered_sites_and_refuses_impostors(tmp_path, synth_sites, task_identity):

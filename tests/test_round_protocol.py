@@ -1,13 +1,14 @@
 """One message per round, in process: the real ClientApp handler (real data, real training steps on a
 tiny model) against the coordinator's real downlink, screening, aggregation and publishing, without
-Flower daemons. Checks what travels (full, then fp16 deltas) and that every site reconstructs the
-coordinator's model bit for bit."""
+Flower daemons. Checks what travels (full, then fp16 or int8 deltas) and that every site reconstructs
+the coordinator's model bit for bit."""
 
 from __future__ import annotations
 
 import shutil
 
 import numpy as np
+import pytest
 
 from mammo_fl.common.federation import protocol as P
 from mammo_fl.common.federation.round_config import RoundConfig
@@ -38,7 +39,9 @@ def _ask(sites, contents, kind):
     return replies
 
 
-def test_rounds_travel_as_deltas_and_sites_hold_the_coordinators_model(tmp_path, synth_sites, task_identity):
+@pytest.mark.parametrize("wire,wire_np", [("fp16", np.float16), ("int8", np.int8)])
+def test_rounds_travel_as_deltas_and_sites_hold_the_coordinators_model(tmp_path, synth_sites, task_identity,
+                                                                      wire, wire_np):
     import torch
 
     from mammo_fl.client import site_work
@@ -56,16 +59,17 @@ def test_rounds_travel_as_deltas_and_sites_hold_the_coordinators_model(tmp_path,
         data = shutil.copytree(synth_sites / name, tmp_path / name)
         sites[i] = {"site": name, "data-dir": str(data), "state-dir": str(tmp_path / f"state-{name}"),
                     "min-patients-per-class": 0}  # 3 patients a site: evaluate anyway
-    down = Downlink(arrays, sorted(arrays), "fp16")
+    down = Downlink(arrays, sorted(arrays), wire)
     strategy = build_strategy(FederationSettings(min_sites=2))
     n_float = sum(v.size for k, v in arrays.items() if v.dtype == np.float32)
 
     for rnd in (1, 2):
         evaluate = rnd > 1
-        contents = down.contents(list(sites), _config(rnd, evaluate, "fp16"))
+        contents = down.contents(list(sites), _config(rnd, evaluate, wire))
         sent = contents[1][P.ARRAYS][P.FLOATS].numpy()
-        # round 1: the full fp32 model; round 2: an fp16 delta against the model the sites hold
-        assert sent.dtype == (np.float32 if rnd == 1 else np.float16) and sent.size == n_float
+        # round 1: the full fp32 model; round 2: a delta in the wire dtype against the model the sites hold
+        assert sent.dtype == (np.float32 if rnd == 1 else wire_np) and sent.size == n_float
+        assert (P.SCALES in contents[1][P.ARRAYS]) == (rnd > 1 and wire == "int8")
         replies = _ask(sites, contents, "train")
         got = screen(replies, train=True, evaluate=evaluate, expected=expected_specs(down.arrays, down.exchanged),
                      decode=down.decode_update)
@@ -73,12 +77,12 @@ def test_rounds_travel_as_deltas_and_sites_hold_the_coordinators_model(tmp_path,
         assert set(got.held.values()) == {down.digest}  # every site rebuilt exactly the model it was sent
         assert len(got.evals) == (2 if evaluate else 0)
         update = replies[1].content[P.ARRAYS][P.FLOATS].numpy()
-        assert update.dtype == np.float16 and update.size == n_float  # the site's update: an fp16 delta
+        assert update.dtype == wire_np and update.size == n_float  # the site's update: a delta in the wire dtype
         down.note(got.held)
         down.publish(aggregate(strategy, rnd, down.arrays, got.train))
 
     # after the last round the final model is evaluated once, sent as a delta again
-    final = down.contents(list(sites), _config(2, True, "fp16"))
+    final = down.contents(list(sites), _config(2, True, wire))
     replies = _ask(sites, final, "evaluate")
     got = screen(replies, train=False, evaluate=True)
     assert set(got.held.values()) == {down.digest} and len(got.evals) == 2
@@ -89,8 +93,8 @@ def test_rounds_travel_as_deltas_and_sites_hold_the_coordinators_model(tmp_path,
     site_work._SESSIONS.clear()
     shutil.rmtree(tmp_path / "state-site-1" / "held")
     down.publish({k: (v + 1e-3 if v.dtype == np.float32 else v) for k, v in down.arrays.items()})
-    replies = _ask({1: sites[1]}, down.contents([1], _config(3, True, "fp16")), "evaluate")
+    replies = _ask({1: sites[1]}, down.contents([1], _config(3, True, wire)), "evaluate")
     assert screen(replies, train=False, evaluate=True).need_full == [1]
     # ... while a restarted worker of the other site takes the delta from its disk copy
-    replies = _ask({2: sites[2]}, down.contents([2], _config(3, True, "fp16")), "evaluate")
+    replies = _ask({2: sites[2]}, down.contents([2], _config(3, True, wire)), "evaluate")
     assert screen(replies, train=False, evaluate=True).held == {2: down.digest}

@@ -73,6 +73,18 @@ def test_every_train_rejection_names_the_site_and_the_cause(tmp_path, task_ident
     assert fields["bnstats_norm_scaled"] == pytest.approx(1000.0, rel=1e-3)
 
 
+def test_a_non_finite_int8_update_is_still_rejected(tmp_path, task_identity):
+    """int8 carries NaN/Inf as code -128, decoded as NaN: screening sees the decoded update."""
+    inf = site_arrays(1.0, 6)
+    inf["w"][1, 2] = np.inf
+    replies = {1: train_reply("a", site_arrays(1.0, 1), wire="int8"),
+               2: train_reply("b", site_arrays(1.2, 2), wire="int8"),
+               3: train_reply("inf", inf, wire="int8")}
+    result, reasons = _screen_round(_guards(tmp_path, action="reject"), replies)
+    assert sorted(r.site for r in result.accepted) == ["a", "b"]
+    assert "NaN/Inf" in reasons["inf"]
+
+
 def test_clip_scales_an_update_back_onto_the_bound(tmp_path, task_identity):
     replies = {1: train_reply("a", site_arrays(1.0, 1)), 2: train_reply("b", site_arrays(2.0, 2)),
                3: train_reply("big", _scaled(1000.0))}

@@ -53,7 +53,8 @@ def test_socket_is_private_and_a_dead_worker_is_restarted(worker):
     assert _ping(worker.socket_path)["pid"] != first
 
 
-def test_worker_does_a_rounds_work_for_the_clientapp(worker, tmp_path, synth_sites):
+@pytest.mark.parametrize("wire,wire_np", [("bf16", np.uint16), ("int8", np.int8)])
+def test_worker_does_a_rounds_work_for_the_clientapp(worker, tmp_path, synth_sites, wire, wire_np):
     from mammo_fl.common.federation.round_config import RoundConfig
     from mammo_fl.common.models import build_model
     from mammo_fl.common.training.finetune_config import FineTuneConfig
@@ -63,7 +64,7 @@ def test_worker_does_a_rounds_work_for_the_clientapp(worker, tmp_path, synth_sit
     packed = W.pack_full(arrays, W.Layout.of(arrays))
     rc = RoundConfig(server_round=1, fed_id="f", model_kind="whole_image", model_spec=SPEC, preprocessing=PREP,
                      finetune=FineTuneConfig(batch_size=2, max_steps=1, augment=False), val_fraction=0.4,
-                     num_threads=1, hist_bins=20, evaluate=True, wire_dtype="bf16")
+                     num_threads=1, hist_bins=20, evaluate=True, wire_dtype=wire)
     header = {"kind": "train", "config": dict(rc.to_record()), "run_config": {},
               "wire": {"mode": packed.mode, "dtype": packed.dtype, "layout": packed.layout, "exponents": [],
                        "base": "", "target": W.arrays_digest(arrays)},
@@ -73,8 +74,9 @@ def test_worker_does_a_rounds_work_for_the_clientapp(worker, tmp_path, synth_sit
                        connect_timeout_s=START_S)
     assert out["status"] == "ok", out
     assert out["held"] == W.arrays_digest(arrays) and sum(out["eval"]["hist-neg"] + out["eval"]["hist-pos"]) > 0
-    assert out["train"]["num-examples"] > 0 and out["wire"]["dtype"] == "bf16"
-    assert update[P.FLOATS].dtype == np.uint16 and update[P.FLOATS].size == packed.floats.size
+    assert out["train"]["num-examples"] > 0 and out["wire"]["dtype"] == wire
+    assert update[P.FLOATS].dtype == wire_np and update[P.FLOATS].size == packed.floats.size
+    assert (P.SCALES in update) == (wire == "int8")  # int8's block scales come back over the socket too
     # the worker writes the model it holds after answering: a restarted worker can take deltas
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (tmp_path / "state" / "held" / "f.json").exists():

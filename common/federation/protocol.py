@@ -1,8 +1,9 @@
 """What the coordinator and the hospitals say to each other (record names, keys, encodings).
 
 One message per round. Server -> site (TRAIN; EVALUATE only for the final model): RecordDict
-{"arrays": packed weights (common/federation/wire.py: "floats", "ints"; absent when the site
-already holds the model), "wire": how they are packed, "config": the RoundConfig}.
+{"arrays": packed weights (common/federation/wire.py: "floats", "ints", and "scales" for an int8
+delta; absent when the site already holds the model), "wire": how they are packed, "config": the
+RoundConfig}.
 Site -> server: {"eval": MetricRecord (the received model scored on the validation split, when
 asked), "metrics": MetricRecord (TRAIN), "arrays" + "wire" (TRAIN: the site's update as a
 delta), "site": ConfigRecord {site, status, held = digest of the global model it now holds}}.
@@ -31,6 +32,7 @@ SITE = "site"
 WIRE = "wire"
 FLOATS = "floats"
 INTS = "ints"
+SCALES = "scales"  # int8 deltas only: one float32 scale per block
 
 # Metric names every reply of a kind carries (identical keys across sites).
 TRAIN_METRICS = ("num-examples", "train-loss", "train-seconds")
@@ -138,15 +140,25 @@ def recorddict_nbytes(content: Any) -> int:
         return total
 
 
+def packed_arrays(packed: Any) -> dict[str, np.ndarray]:
+    """A wire.Packed's flat buffers by name (none for "same"; "scales" only for an int8 delta)."""
+    if packed.mode == "same":
+        return {}
+    out = {FLOATS: packed.floats, INTS: packed.ints}
+    if packed.dtype == "int8":
+        out[SCALES] = packed.scales
+    return out
+
+
 def packed_to_records(packed: Any) -> tuple[Any, dict[str, Any]]:
-    """A wire.Packed -> (ArrayRecord with the two flat buffers or None, ConfigRecord values)."""
+    """A wire.Packed -> (ArrayRecord with the flat buffers or None, ConfigRecord values)."""
     from flwr.app import Array, ArrayRecord
 
     meta = {"mode": packed.mode, "dtype": packed.dtype, "layout": packed.layout,
             "exponents": [int(e) for e in packed.exponents]}
     if packed.mode == "same":
         return None, meta
-    return ArrayRecord({FLOATS: Array(packed.floats), INTS: Array(packed.ints)}), meta
+    return ArrayRecord({k: Array(v) for k, v in packed_arrays(packed).items()}), meta
 
 
 def packed_from_records(arrays: Any, meta: Mapping[str, Any]) -> Any:
@@ -158,17 +170,22 @@ def packed_from_records(arrays: Any, meta: Mapping[str, Any]) -> Any:
         raise wire.WireError(f"unknown wire mode {mode!r}")
     dtype = str(meta.get("dtype", "fp32"))
     wire.check_wire_dtype(dtype)
+    scales = np.zeros(0, np.float32)
     if mode == wire.SAME:
         floats, ints = np.zeros(0, np.float32), np.zeros(0, np.int64)
     else:
-        if arrays is None or FLOATS not in arrays or INTS not in arrays:
+        needed = (FLOATS, INTS, SCALES) if dtype == "int8" else (FLOATS, INTS)
+        if arrays is None or any(k not in arrays for k in needed):
             raise wire.WireError("packed arrays missing")
         floats, ints = arrays[FLOATS].numpy(), arrays[INTS].numpy()
-    expected = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}[dtype]
-    if floats.dtype != expected or floats.ndim != 1 or ints.dtype != np.int64 or ints.ndim != 1:
-        raise wire.WireError(f"packed arrays have dtypes {floats.dtype}/{ints.dtype}, expected {dtype}")
+        if dtype == "int8":
+            scales = arrays[SCALES].numpy()
+    if (floats.dtype != np.dtype(wire.WIRE_NUMPY[dtype]) or floats.ndim != 1 or ints.dtype != np.int64
+            or ints.ndim != 1 or scales.dtype != np.float32 or scales.ndim != 1):
+        raise wire.WireError(f"packed arrays have dtypes {floats.dtype}/{ints.dtype}/{scales.dtype}, "
+                             f"expected {dtype}")
     exponents = [int(e) for e in (meta.get("exponents") or [])]
-    return wire.Packed(mode, dtype, floats, ints, str(meta.get("layout", "")), exponents)
+    return wire.Packed(mode, dtype, floats, ints, str(meta.get("layout", "")), exponents, scales)
 
 
 def dumps(obj: Any) -> str:

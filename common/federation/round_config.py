@@ -94,7 +94,7 @@ class RoundConfig:
     hist_bins: int = 1000
     evaluate: bool = False  # score the received model on the validation split before training (fused round)
     train_layers: str = "all"  # all | top | head: what the site fine-tunes (and sends back)
-    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16: how the site's update travels (common/federation/wire.py)
+    wire_dtype: str = "fp16"  # fp32 | fp16 | bf16 | int8: how the site's update travels (common/federation/wire.py)
     registered_site: str = ""  # the name the receiving node's key is registered under ("" in lab mode)
     # differential privacy asked of the site (0 = off): clip the update to this L2 norm, add Gaussian noise
     # of std dp_site_noise x dp_clip_norm to it, add Gaussian noise of this std (counts) to each histogram bin

@@ -1,12 +1,13 @@
-"""What travels between coordinator and site: packed weights, full or as a delta, in fp32 / fp16 / bf16.
+"""What travels between coordinator and site: packed weights, full or as a delta, in fp32 / fp16 / bf16 / int8.
 
 Pure numpy (no Flower, no torch), used by both sides so that they compute bit-identical models.
 
 - A *layout* is the ordered list of exchanged arrays (sorted keys, shapes, dtypes). Both sides derive
   it from the model and check its digest, so names never need to travel.
 - Everything is packed into two flat buffers: `floats` (the float32 arrays, encoded) and `ints`
-  (integer buffers such as BatchNorm's `num_batches_tracked`, always exact int64). One Flower Array
-  per buffer instead of one per tensor: fewer objects for Flower to hash, store and ship.
+  (integer buffers such as BatchNorm's `num_batches_tracked`, always exact int64), plus `scales`
+  for an int8 delta. One Flower Array per buffer instead of one per tensor: fewer objects for
+  Flower to hash, store and ship.
 - `full`: float32 values as they are (the first message to a site, or a site that lost its copy).
 - `delta`: `new - base` encoded in the wire dtype; the receiver computes `base + decode(delta)`.
   The coordinator *publishes* exactly that expression as its new global model (`publish`), so a
@@ -16,6 +17,12 @@ Pure numpy (no Flower, no torch), used by both sides so that they compute bit-id
   Per element the decoded delta is within |d| * 2^-11 (fp16; a further max|d| * 2^-38 near
   zero) or |d| * 2^-8 (bf16) of the true delta; NaN/Inf survive the encoding (so screening
   still sees them).
+- int8 (common/federation/wire_int8.py) quantizes each float array in blocks of 1024 elements,
+  symmetric, round to nearest, one float32 scale per block (= max|finite d in the block| / 127,
+  sent in the `scales` buffer): per element |decoded - d| <= scale / 2, i.e. max|d in its
+  block| / 254 (to one float32 ulp; plus one float32 rounding of the decoded value); all-zero
+  blocks decode to exact zeros. Code -128 carries NaN/Inf, decoded as NaN (screening still
+  rejects it). ~0.25x the fp32 bytes.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mammo_fl.common.federation.wire_int8 import int8_blocks, int8_decode, int8_encode
 from mammo_fl.common.utils.errors import ConfigError, MammoError
 
-WIRE_DTYPES = ("fp32", "fp16", "bf16")
+WIRE_DTYPES = ("fp32", "fp16", "bf16", "int8")
 FULL = "full"
 DELTA = "delta"
 SAME = "same"  # the receiver already holds the model: nothing but its digest travels
 FP16_TOP = 15  # scaled fp16 values stay below 2**15 (fp16 max is 65504)
+WIRE_NUMPY = {"fp32": "float32", "fp16": "float16", "bf16": "uint16", "int8": "int8"}  # what `floats` holds
 
 
 class WireError(MammoError):
@@ -89,15 +98,16 @@ class Packed:
     """One direction's arrays as they go on the wire."""
 
     mode: str  # full | delta | same
-    dtype: str  # fp32 | fp16 | bf16 (full is always fp32)
-    floats: np.ndarray  # 1-D float32 | float16 | uint16 (bf16 bit patterns)
+    dtype: str  # fp32 | fp16 | bf16 | int8 (full is always fp32)
+    floats: np.ndarray  # 1-D float32 | float16 | uint16 (bf16 bit patterns) | int8 (codes)
     ints: np.ndarray  # 1-D int64
     layout: str  # Layout.digest()
     exponents: list[int] = field(default_factory=list)  # fp16: one power-of-two scale per float array
+    scales: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # int8: 1-D float32, per block
 
     @property
     def nbytes(self) -> int:
-        return int(self.floats.nbytes + self.ints.nbytes)
+        return int(self.floats.nbytes + self.ints.nbytes + self.scales.nbytes)
 
 
 def _empty(dtype: str) -> np.ndarray:
@@ -144,38 +154,45 @@ def _bf16_bits(d: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def _encode(d: np.ndarray, dtype: str) -> tuple[np.ndarray, int]:
+def _encode(d: np.ndarray, dtype: str) -> tuple[np.ndarray, int, np.ndarray]:
+    """One array's delta -> (encoded values, fp16 exponent, int8 block scales)."""
+    none = _empty("float32")
     if dtype == "fp32":
-        return d, 0
+        return d, 0, none
     if dtype == "fp16":
         e = _fp16_exponent(d)
         with np.errstate(over="ignore", invalid="ignore"):
-            return np.ldexp(d, -e).astype(np.float16), e
-    return _bf16_bits(d), 0
+            return np.ldexp(d, -e).astype(np.float16), e, none
+    if dtype == "int8":
+        codes, scales = int8_encode(d)
+        return codes, 0, scales
+    return _bf16_bits(d), 0, none
 
 
-def _decode(q: np.ndarray, dtype: str, exponent: int) -> np.ndarray:
+def _decode(q: np.ndarray, dtype: str, exponent: int, scales: np.ndarray) -> np.ndarray:
     if dtype == "fp32":
         return q
     if dtype == "fp16":
         return np.ldexp(q.astype(np.float32), exponent).astype(np.float32, copy=False)
+    if dtype == "int8":
+        return int8_decode(q, scales)
     return (q.astype(np.uint32) << 16).view(np.float32)
 
 
 def pack_delta(new: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], layout: Layout, dtype: str) -> Packed:
     """`new - base` of the float arrays in `dtype`, integer arrays as their new values."""
     check_wire_dtype(dtype)
-    parts, exponents = [], []
+    parts, exponents, scales = [], [], []
     with np.errstate(invalid="ignore", over="ignore"):
         for k in layout.float_keys:
             d = (np.asarray(new[k], dtype=np.float32) - np.asarray(base[k], dtype=np.float32)).reshape(-1)
-            q, e = _encode(d, dtype)
+            q, e, s = _encode(d, dtype)
             parts.append(q)
             exponents.append(e)
-    wire_np = {"fp32": "float32", "fp16": "float16", "bf16": "uint16"}[dtype]
-    floats = np.concatenate(parts) if parts else _empty(wire_np)
+            scales.append(s)
+    floats = np.concatenate(parts) if parts else _empty(WIRE_NUMPY[dtype])
     return Packed(DELTA, dtype, floats, _pack_ints(new, layout), layout.digest(),
-                  exponents if dtype == "fp16" else [])
+                  exponents if dtype == "fp16" else [], np.concatenate([_empty("float32"), *scales]))
 
 
 def _check(packed: Packed, layout: Layout) -> None:
@@ -188,6 +205,13 @@ def _check(packed: Packed, layout: Layout) -> None:
                         f"({n_float}+{n_int})")
     if packed.mode == DELTA and packed.dtype == "fp16" and len(packed.exponents) != len(layout.float_keys):
         raise WireError("fp16 delta lacks its per-array exponents")
+    if packed.mode == DELTA and packed.dtype == "int8" and packed.scales.size != _int8_scale_count(layout):
+        raise WireError(f"int8 delta has {packed.scales.size} block scales, the layout needs "
+                        f"{_int8_scale_count(layout)}")
+
+
+def _int8_scale_count(layout: Layout) -> int:
+    return sum(int8_blocks(int(np.prod(layout.shapes[layout.keys.index(k)]))) for k in layout.float_keys)
 
 
 def unpack(packed: Packed, layout: Layout, base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -200,7 +224,7 @@ def unpack(packed: Packed, layout: Layout, base: Mapping[str, np.ndarray] | None
     if packed.mode == DELTA and base is None:
         raise WireError("a delta needs the base model it was made against")
     out: dict[str, np.ndarray] = {}
-    pos = 0
+    pos = spos = 0
     for i, k in enumerate(layout.float_keys):
         shape = layout.shapes[layout.keys.index(k)]
         n = int(np.prod(shape))
@@ -210,8 +234,12 @@ def unpack(packed: Packed, layout: Layout, base: Mapping[str, np.ndarray] | None
             out[k] = np.array(q, dtype=np.float32).reshape(shape)
         else:
             e = packed.exponents[i] if packed.dtype == "fp16" else 0
+            nb = int8_blocks(n) if packed.dtype == "int8" else 0
+            scales = packed.scales[spos:spos + nb]
+            spos += nb
             # the one expression both sides evaluate: base + decoded delta, in float32
-            out[k] = (np.asarray(base[k], dtype=np.float32).reshape(-1) + _decode(q, packed.dtype, e)).reshape(shape)
+            out[k] = (np.asarray(base[k], dtype=np.float32).reshape(-1)
+                      + _decode(q, packed.dtype, e, scales)).reshape(shape)
     pos = 0
     for k in layout.int_keys:
         idx = layout.keys.index(k)
