@@ -39,6 +39,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedmedian-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "fedmedian"},
     "fedtrimmedavg-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "fedtrimmedavg", "trimmed-beta": 0.34},
     "krum-attack-unscreened": {**ATTACK, **NO_SCREENING, "strategy": "krum", "krum-malicious": 1},
+    # what a robust strategy costs by itself at 3 sites (no attack), next to what the attack costs it
+    "fedmedian-clean": {"strategy": "fedmedian"},
+    "fedtrimmedavg-clean": {"strategy": "fedtrimmedavg", "trimmed-beta": 0.34},
+    "krum-clean": {"strategy": "krum", "krum-malicious": 1},
     "clean-fedbn": {"fedbn": True},
     "dp-0.001": {**DP, "dp.noise-multiplier": 0.001},
     "dp-0.01": {**DP, "dp.noise-multiplier": 0.01},
