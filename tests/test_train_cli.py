@@ -101,6 +101,18 @@ def test_patch_set_has_split_hygiene(run_dir: Path, index_dir: Path) -> None:
     assert all(Path(p).is_file() for p in table["abs_path"])
 
 
+def test_patch_set_is_the_same_with_parallel_blob_search(run_dir: Path, index_dir: Path, tmp_path: Path) -> None:
+    # the LoG blob search runs in worker processes ahead of the seeded draws: same patches, same pixels
+    assert train_main(["patches", "--preset", "cpu", "--data", str(index_dir), "--out", str(tmp_path / "par"),
+                       *_sets(["data.workers=2"])]) == 0
+    one, two = load_patch_set(run_dir / "patches"), load_patch_set(tmp_path / "par" / "patches")
+    assert (one["source"] == "blob").any()  # the parallel part was exercised
+    columns = ["path", "image_id", "class", "x", "y", "roi_id", "source"]
+    pd.testing.assert_frame_equal(one[columns], two[columns])
+    for a, b in zip(one["abs_path"], two["abs_path"], strict=True):
+        assert Path(a).read_bytes() == Path(b).read_bytes()
+
+
 def test_rerun_reuses_finished_steps(run_dir: Path, index_dir: Path, tmp_path: Path) -> None:
     before = (run_dir / "whole_image.pt").stat().st_mtime_ns
     patch_before = (run_dir / "patch_model.pt").stat().st_mtime_ns

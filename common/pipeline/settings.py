@@ -37,7 +37,7 @@ class DataSettings:
     preprocess: PreprocessSettings
     mean: float | None = None
     cache_dir: str = ""  # "" = INDEXDIR/cache
-    workers: int = 0  # processes filling the cache; 0 = all cores
+    workers: int = 0  # processes filling the cache and searching the patch set's blobs; 0 = all cores
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def step_patches(ctx: RunContext, out_dir: Path | None = None) -> PatchSetReport
     """Sample the S1/S10 patch set of train (+ val) patients."""
     report = build_patch_set(ctx.images, ctx.tables.rois, ctx.tables.split, ctx.cache, ctx.settings.patches,
                              out_dir or ctx.paths.patches, ctx.seed, preprocessing=ctx.preprocessing,
-                             progress=ctx.progress)
+                             progress=ctx.progress, workers=ctx.settings.data.workers or None)
     ctx.timings["patches"] = report.seconds
     log.info("patch set %s: %s (%d images, %d problems)%s", report.out_dir,
              {s: sum(c.values()) for s, c in report.counts.items()}, report.images, len(report.skipped),

@@ -225,8 +225,11 @@ def draw_relaxed_centres(
     return centres
 
 
-def blob_centres(image: np.ndarray, breast: np.ndarray, patch_size: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """Bright blob candidates (scale-normalised LoG local maxima inside the breast), shuffled."""
+def blob_candidates(image: np.ndarray, breast: np.ndarray, patch_size: int) -> list[tuple[int, int]]:
+    """Bright blob candidates (scale-normalised LoG local maxima inside the breast), in a fixed order.
+
+    Deterministic and the costly part of sampling (the LoG filters): `build_patch_set` computes it
+    for all images in worker processes ahead of the sequential, seeded draws."""
     img = image.astype(np.float32)
     peak = float(img.max())
     if peak <= 0:
@@ -244,6 +247,13 @@ def blob_centres(image: np.ndarray, breast: np.ndarray, patch_size: int, rng: np
         peaks = (response == ndimage.maximum_filter(response, size=size)) & (response > threshold) & breast
         rows, cols = np.nonzero(peaks)
         found.extend(zip(rows.tolist(), cols.tolist()))
+    return found
+
+
+def blob_centres(image: np.ndarray, breast: np.ndarray, patch_size: int, rng: np.random.Generator,
+                 candidates: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """`blob_candidates` (or the precomputed `candidates` of this image), shuffled by `rng`."""
+    found = blob_candidates(image, breast, patch_size) if candidates is None else candidates
     order = rng.permutation(len(found))
     return [found[i] for i in order]
 
@@ -264,8 +274,10 @@ def sample_background_centres(
     count: int,
     settings: SamplingSettings,
     rng: np.random.Generator,
+    blobs: list[tuple[int, int]] | None = None,
 ) -> list[tuple[int, int, str]]:
-    """Background centres: enough breast tissue, no lesion of the image above the negative cutoff."""
+    """Background centres: enough breast tissue, no lesion of the image above the negative cutoff.
+    `blobs`: this image's `blob_candidates`, when computed ahead."""
     if count <= 0:
         return []
     if not breast.any():
@@ -275,7 +287,7 @@ def sample_background_centres(
     centres: list[tuple[int, int, str]] = []
     if settings.blob_negatives > 0:
         quota = min(settings.blob_negatives, count)
-        for cy, cx in blob_centres(image, breast, settings.patch_size, rng):
+        for cy, cx in blob_centres(image, breast, settings.patch_size, rng, blobs):
             if len(centres) >= quota:
                 break
             if _is_background(cy, cx, settings, tissue, lesions, settings.min_tissue):
@@ -290,9 +302,11 @@ def sample_background_centres(
 
 
 def sample_image(
-    image: np.ndarray, rois: Sequence[RoiInput], settings: SamplingSettings, rng: np.random.Generator
+    image: np.ndarray, rois: Sequence[RoiInput], settings: SamplingSettings, rng: np.random.Generator,
+    blobs: list[tuple[int, int]] | None = None,
 ) -> ImageSample:
-    """All patches of one image; a lesion that cannot be sampled is reported, not fatal."""
+    """All patches of one image; a lesion that cannot be sampled is reported, not fatal.
+    `blobs`: the image's `blob_candidates` computed ahead (same result, see `build_patch_set`)."""
     out = ImageSample()
     for roi in rois:
         if roi.mask.shape != image.shape:
@@ -307,7 +321,7 @@ def sample_image(
     masks = [r.mask for r in rois if r.mask.shape == image.shape]
     try:
         for cy, cx, source in sample_background_centres(
-            image, breast, masks, settings.background_per_image, settings, rng
+            image, breast, masks, settings.background_per_image, settings, rng, blobs
         ):
             out.patches.append(PatchSpec("background", cy, cx, "", source))
     except SamplingFailed as exc:
