@@ -3,7 +3,7 @@
     python -m mammo_fl.simulations.safeguards_study --out runs/safeguards [--arms clean,fedavg-attack,...]
 
 Every arm is one `mammo-sim --preset quick` federated run at the grid's largest size (72 patients,
-K = 3 virtual sites, seed 0) with extra run-config keys; the attack arms make `site_02` send its
+K = 3 virtual sites or `--sites K`, seed 0) with extra run-config keys; the attack arms make `site_02` send its
 update x1000 from round 1 (`test-faults`). Writes OUT/safeguards.csv and prints the table:
 pooled AUC = the coordinator's last-round AUC from the sites' summed histograms, federated AUC =
 final.pt scored centrally on the same validation set, epsilon = the privacy spent at dp.delta.
@@ -49,9 +49,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "dp-0.1": {**DP, "dp.noise-multiplier": 0.1},
     "dp-1.0": {**DP, "dp.noise-multiplier": 1.0},
 }
-GRID = ["experiment.sizes=[72]", "experiment.k_sites=[3]", "experiment.seeds=[0]",
-        "experiment.methods=['federated']"]
-COLUMNS = ["arm", "strategy", "fedbn", "screening", "fault", "noise_multiplier", "epsilon", "delta", "pooled_auc",
+GRID = ["experiment.sizes=[72]", "experiment.seeds=[0]", "experiment.methods=['federated']"]
+COLUMNS = ["arm", "sites", "strategy", "fedbn", "screening", "fault", "noise_multiplier", "epsilon", "delta", "pooled_auc",
            "federated_auc", "clipped_or_rejected", "status", "seconds"]
 
 
@@ -70,7 +69,12 @@ def _read_table(path: Path) -> dict[str, dict[str, Any]]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     numeric = ("noise_multiplier", "epsilon", "delta", "pooled_auc", "federated_auc")
-    return {r["arm"]: {k: (_float(v) if k in numeric else v) for k, v in r.items()} for r in rows if r["arm"] in ARMS}
+    table = {}
+    for r in rows:
+        if r["arm"] in ARMS:
+            sites = int(r.get("sites") or 3)  # tables written before --sites existed: all at 3 sites
+            table[(r["arm"], sites)] = {**{k: (_float(v) if k in numeric else v) for k, v in r.items()}, "sites": sites}
+    return table
 
 
 def _float(text: Any) -> float:
@@ -80,21 +84,22 @@ def _float(text: Any) -> float:
         return math.nan
 
 
-def run_arm(name: str, out: Path, cache_dir: Path | None, model: Path | None) -> dict[str, Any]:
+def run_arm(name: str, sites: int, out: Path, cache_dir: Path | None, model: Path | None) -> dict[str, Any]:
     from mammo_fl.simulations.driver import run_simulation_study
 
     extra = ARMS[name]
     start = time.perf_counter()
-    results = run_simulation_study("quick", out / name, overrides=GRID, model=model, cache_dir=cache_dir,
-                                   run_config=extra)
+    folder = out / (name if sites == 3 else f"{name}-k{sites}")
+    results = run_simulation_study("quick", folder, overrides=[*GRID, f"experiment.k_sites=[{sites}]"], model=model,
+                                   cache_dir=cache_dir, run_config=extra)
     fed = results[results["method"] == "federated"].iloc[0]
-    last = _last_row(out / name / "federated" / "seed0_n72_k3")
+    last = _last_row(folder / "federated" / f"seed0_n72_k{sites}")
     from mammo_fl.server.safeguard_settings import ScreeningSettings
 
     factor = float(extra.get("screening.norm-factor", ScreeningSettings().norm_factor))
     screening = "off" if factor == 0 else f"{extra.get('screening.action', 'clip')} at {factor:g}x median"
     return {
-        "arm": name, "strategy": extra.get("strategy", "fedavg"), "fedbn": bool(extra.get("fedbn", False)),
+        "arm": name, "sites": sites, "strategy": extra.get("strategy", "fedavg"), "fedbn": bool(extra.get("fedbn", False)),
         "screening": screening,
         "fault": extra.get("test-faults", ""), "noise_multiplier": extra.get("dp.noise-multiplier", 0.0),
         "epsilon": _float(last.get("epsilon")), "delta": _float(last.get("dp_delta")),
@@ -102,6 +107,11 @@ def run_arm(name: str, out: Path, cache_dir: Path | None, model: Path | None) ->
         "clipped_or_rejected": " | ".join(x for x in (last.get("clipped_sites"), last.get("rejected_sites")) if x),
         "status": fed["status"], "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _order(key: tuple[str, int]) -> tuple[int, int]:
+    """Table order: by site count, then as the arms are listed."""
+    return key[1], list(ARMS).index(key[0])
 
 
 def _fmt(v: Any) -> str:
@@ -117,6 +127,7 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     p.add_argument("--model", type=Path, default=None, help="source model (default: mammo-sim's cached build)")
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--sites", type=int, default=3, help="virtual sites K (the faulty one is site_02)")
     args = p.parse_args(argv)
     from mammo_fl.simulations.cli import _interrupt_on_sigterm
 
@@ -130,14 +141,18 @@ def _main(argv: list[str] | None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table = args.out / "safeguards.csv"
     done = _read_table(table)  # arms of earlier invocations stay in the table
+    if args.sites < 3:
+        from mammo_fl.common.utils.errors import ConfigError
+
+        raise ConfigError(f"--sites {args.sites}: the attack arms need at least 3 sites (site_02 is the faulty one)")
     for name in arms:
-        done[name] = run_arm(name, args.out, args.cache_dir, args.model)
-        rows = [done[a] for a in ARMS if a in done]
+        done[(name, args.sites)] = run_arm(name, args.sites, args.out, args.cache_dir, args.model)
+        rows = [done[k] for k in sorted(done, key=_order)]
         with open(table, "w", newline="") as fh:  # rewritten after every arm: a killed study keeps its rows
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-    rows = [done[a] for a in ARMS if a in done]
+    rows = [done[k] for k in sorted(done, key=_order)]
     print("| " + " | ".join(COLUMNS[:-1]) + " |")
     print("|" + "---|" * (len(COLUMNS) - 1))
     for row in rows:
