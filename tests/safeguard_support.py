@@ -1,23 +1,11 @@
-"""Real Flower reply messages for the safeguard tests (screening, DP, audit): import the fixture
-`task_identity` into a test module to make Flower's task context available there."""
+"""Real Flower reply messages for the safeguard tests (screening, DP, audit); Flower's task context
+comes from the `task_identity` fixture in conftest.py."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from mammo_fl.common.federation import protocol as P
-
-
-@pytest.fixture()
-def task_identity():
-    """Real Messages need Flower's task context (set by flwr-serverapp / flwr-clientapp in production)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
 def train_reply(site: str, arrays: dict[str, np.ndarray], num_examples: int = 10, wire: str = "fp32"):

@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from safeguard_support import task_identity  # noqa: F401
 
 from mammo_fl.client.audit import (
     AUDIT_FIELDS,

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 from federation_support import PREPROCESSING, TINY_SPEC
-from safeguard_support import task_identity  # noqa: F401
 
 from mammo_fl.client.audit import read_entries
 from mammo_fl.client.cli import main as client_main

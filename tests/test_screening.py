@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from safeguard_support import (  # noqa: F401
+from safeguard_support import (
     GLOBAL,
     eval_reply,
     screen_eval,
     screen_train,
     site_arrays,
-    task_identity,
     train_reply,
 )
 
