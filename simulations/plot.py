@@ -25,8 +25,12 @@ def _paper_band(ax: plt.Axes, sizes: list[int]) -> None:
     xs = [n for n in sorted(PAPER_TABLE4) if sizes and min(sizes) <= n <= max(sizes)]
     if not xs:
         return
-    low = [PAPER_TABLE4[n][0] for n in xs]
-    high = [PAPER_TABLE4[n][1] for n in xs]
+    if len(xs) == 1:  # one size (the quick preset): a short band around it, so it stays visible
+        (n,) = xs
+        xs, low, high = [n - 2, n + 2], [PAPER_TABLE4[n][0]] * 2, [PAPER_TABLE4[n][1]] * 2
+    else:
+        low = [PAPER_TABLE4[n][0] for n in xs]
+        high = [PAPER_TABLE4[n][1] for n in xs]
     ax.fill_between(xs, low, high, color="tab:orange", alpha=0.18, linewidth=0,
                     label="Shen et al. 2019 Table 4 (INbreast, 4 models)")
     ax.plot(xs, high, color="tab:orange", alpha=0.5, linewidth=0.8)

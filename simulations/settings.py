@@ -67,7 +67,7 @@ class FineTuneSettings:
 
     TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, local_epochs (= FineTuneConfig.epochs
     per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
-    max_steps).
+    max_steps, keep_bn_statistics).
     """
 
     rounds: int = 3
@@ -96,7 +96,8 @@ class FineTuneSettings:
         schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn", "server_lr", "server_momentum") if k in raw}
         if "local_epochs" in raw:
             raw["epochs"] = raw.pop("local_epochs")
-        allowed = {"epochs", "lr", "weight_decay", "batch_size", "proximal_mu", "augment", "max_steps"}
+        allowed = {"epochs", "lr", "weight_decay", "batch_size", "proximal_mu", "augment", "max_steps",
+                   "keep_bn_statistics"}
         unknown = sorted(set(raw) - allowed)
         if unknown:
             raise ConfigError(f"unknown key(s) in [finetune]: {', '.join(unknown)}")

@@ -30,6 +30,7 @@ FINETUNE_KEYS: dict[str, str] = {
     "augment": "augment",
     "seed": "seed",
     "proximal-mu": "proximal_mu",
+    "keep-bn-statistics": "keep_bn_statistics",
 }
 _FT_DEFAULTS = FineTuneConfig()
 # `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.

@@ -63,6 +63,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
             break
         stats = run_epoch(model, loader, optimizer, device, scaler=scaler, augmenter=augmenter,
                           class_balance=cfg.class_balance, proximal=proximal, max_steps=left, progress=progress,
+                          keep_bn_statistics=cfg.keep_bn_statistics,
                           desc=f"fine-tune {epoch + 1}/{cfg.epochs}")
         if stats.examples:
             total += stats.loss * stats.examples

@@ -24,6 +24,10 @@ class FineTuneConfig:
     seed: int = 0
     max_steps: int | None = None
     class_balance: bool = True
+    # BatchNorm layers keep the source model's running statistics (eval mode; their affine weights
+    # still train): this pipeline's models carry the patch classifier's statistics, which batches of
+    # a few whole images overwrite (docs/simulations.md, "BatchNorm statistics during fine-tuning")
+    keep_bn_statistics: bool = False
     preload_max_mb: float = 1024.0  # datasets smaller than this are held in RAM
 
     @classmethod
