@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mammo_fl.common.federation.round_config import FINETUNE_KEYS
 from mammo_fl.common.federation.strategies import check_strategy
 from mammo_fl.common.training.finetune_config import FineTuneConfig
 from mammo_fl.common.utils.errors import ConfigError
@@ -96,8 +97,7 @@ class FineTuneSettings:
         schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn", "server_lr", "server_momentum") if k in raw}
         if "local_epochs" in raw:
             raw["epochs"] = raw.pop("local_epochs")
-        allowed = {"epochs", "lr", "weight_decay", "batch_size", "proximal_mu", "augment", "max_steps",
-                   "keep_bn_statistics"}
+        allowed = set(FINETUNE_KEYS.values()) - {"seed"}  # what a round sends; the seed is experiment.seeds
         unknown = sorted(set(raw) - allowed)
         if unknown:
             raise ConfigError(f"unknown key(s) in [finetune]: {', '.join(unknown)}")

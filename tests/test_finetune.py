@@ -110,17 +110,16 @@ def test_finetune_is_deterministic_and_reports(tmp_path) -> None:
 
 
 def test_keep_bn_statistics_trains_weights_but_keeps_running_statistics(tmp_path) -> None:
-    """keep_bn_statistics: every BatchNorm buffer stays the source model's, every trainable weight moves;
-    without it the running statistics follow the fine-tuning batches."""
+    """keep_bn_statistics: every BatchNorm buffer stays the source model's while the weights (BatchNorm's
+    affine ones included) train; without it the running statistics follow the fine-tuning batches."""
     images, cache = whole_image_set(tmp_path, n=8)
     ds = WholeImageDataset(images, cache, mean=40.0, augment=False)
-    stats_keys = lambda state: {k for k in state if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     for keep in (True, False):
         model = _whole_model()
         start = copy.deepcopy(model.state_dict())
         finetune(model, ds, FineTuneConfig(epochs=1, lr=1e-3, batch_size=4, augment=False, keep_bn_statistics=keep), CPU)
         changed = _changed(start, model.state_dict())
-        bn_buffers = stats_keys(start)
+        bn_buffers = {k for k in start if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
         assert bn_buffers and changed - bn_buffers  # weights (incl. BatchNorm's affine ones) trained either way
         assert any(k.endswith(".weight") and k.replace(".weight", ".running_mean") in bn_buffers for k in changed)
         assert (changed & bn_buffers == set()) if keep else (changed & bn_buffers)
