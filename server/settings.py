@@ -46,6 +46,8 @@ class FederationSettings:
     # local fine-tuning hyperparameters (run-config keys: common/federation/round_config.FINETUNE_KEYS);
     # `proximal-mu` is sent to the sites only with strategy fedprox
     finetune: FineTuneConfig = field(default_factory=lambda: FineTuneConfig(proximal_mu=0.01))
+    # learning-rate schedule across rounds: round r's sites train at lr x lr_decay^(r-1) (1 = constant)
+    lr_decay: float = 1.0
     val_fraction: float = 0.2
     device: str = "auto"
     num_threads: int = 0  # 0 = torch default
@@ -115,10 +117,12 @@ class FederationSettings:
             out.update(section_to_run_config(getattr(self, name), prefix))
         return out
 
-    def site_finetune(self) -> FineTuneConfig:
-        """The hyperparameters sent to the sites: FedProx's mu only with strategy fedprox."""
+    def site_finetune(self, server_round: int = 1) -> FineTuneConfig:
+        """What the sites train with in `server_round` (1-based): the round's lr on the schedule,
+        FedProx's mu only with strategy fedprox."""
         mu = self.finetune.proximal_mu if self.strategy == "fedprox" else 0.0
-        return dataclasses.replace(self.finetune, proximal_mu=mu)
+        lr = self.finetune.lr * self.lr_decay ** max(server_round - 1, 0)
+        return dataclasses.replace(self.finetune, proximal_mu=mu, lr=lr)
 
     def operating_target(self) -> Target:
         return target_from_settings(self.operating_point_specificity, self.operating_point_sensitivity,
@@ -137,6 +141,8 @@ class FederationSettings:
             raise ConfigError("hist-bins must be >= 10")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError("val-fraction must be in (0, 1)")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ConfigError("lr-decay must be in (0, 1] (1 = the same lr every round)")
         if self.server_lr <= 0 or not 0.0 <= self.server_momentum < 1.0:
             raise ConfigError("server-lr must be > 0 and server-momentum in [0, 1)")
         if self.round_timeout <= 0 or self.site_wait_timeout <= 0:

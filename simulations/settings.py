@@ -66,7 +66,7 @@ class SourceSettings:
 class FineTuneSettings:
     """[finetune]: the federated schedule and each party's local training (the one FineTuneConfig).
 
-    TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, local_epochs (= FineTuneConfig.epochs
+    TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, lr_decay, local_epochs (= FineTuneConfig.epochs
     per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
     max_steps, keep_bn_statistics).
     """
@@ -76,6 +76,7 @@ class FineTuneSettings:
     fedbn: bool = False  # keep BatchNorm at the sites (FedBN), with any strategy
     server_lr: float = 1.0  # fedavgm: step on the averaged update (1 = plain FedAvg step)
     server_momentum: float = 0.0  # fedavgm: heavy-ball momentum across rounds
+    lr_decay: float = 1.0  # federated round r trains at lr x lr_decay^(r-1) (pooled / single-site: constant lr)
     local: FineTuneConfig = field(default_factory=FineTuneConfig)
 
     @property
@@ -94,7 +95,7 @@ class FineTuneSettings:
     @classmethod
     def from_section(cls, raw: dict[str, Any]) -> FineTuneSettings:
         raw = dict(raw)
-        schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn", "server_lr", "server_momentum") if k in raw}
+        schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn", "server_lr", "server_momentum", "lr_decay") if k in raw}
         if "local_epochs" in raw:
             raw["epochs"] = raw.pop("local_epochs")
         allowed = set(FINETUNE_KEYS.values()) - {"seed"}  # what a round sends; the seed is experiment.seeds
@@ -187,6 +188,8 @@ def parse_settings(config: dict[str, Any], preset: str = "") -> SimSettings:
         raise ConfigError(f"finetune.server_lr must be > 0, got {ft.server_lr!r}")
     if not (isinstance(ft.server_momentum, (int, float)) and 0 <= ft.server_momentum < 1):
         raise ConfigError(f"finetune.server_momentum must be in [0, 1), got {ft.server_momentum!r}")
+    if not (isinstance(ft.lr_decay, (int, float)) and 0 < ft.lr_decay <= 1):
+        raise ConfigError(f"finetune.lr_decay must be in (0, 1], got {ft.lr_decay!r}")
     if (ft.server_lr != 1.0 or ft.server_momentum) and ft.strategy != "fedavgm":
         raise ConfigError("finetune.server_lr / server_momentum act only with finetune.strategy = 'fedavgm'")
     _check_vendors(settings)

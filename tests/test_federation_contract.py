@@ -56,6 +56,23 @@ def test_simulation_and_server_read_the_same_hyperparameters():
     assert single.epochs == settings.finetune.rounds * settings.finetune.local.epochs and single.proximal_mu == 0
 
 
+def test_lr_schedule_across_rounds_reaches_the_sites_round_by_round():
+    settings = parse_settings(load_config("quick", "sim", ["finetune.lr_decay=0.5"]))
+    run_config = federation_run_config(settings.finetune, 3, 0, Path("s"), Path("o"), Path("m.pt"), "cpu", 1)
+    server = FederationSettings.from_run_config(run_config)
+    lr = settings.finetune.local.lr
+    sent = [RoundConfig.from_record(RoundConfig(server_round=r, fed_id="f", model_kind="whole_image", model_spec={},
+                                                preprocessing={}, finetune=server.site_finetune(r)).to_record())
+            for r in (1, 2, 3)]
+    assert [c.finetune.lr for c in sent] == pytest.approx([lr, lr / 2, lr / 4])
+    assert finetune_config(settings.finetune, seed=0).lr == lr  # pooled / single-site: constant lr
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="lr-decay"):
+            FederationSettings.from_run_config({"lr-decay": bad})
+        with pytest.raises(ConfigError, match="lr_decay"):
+            parse_settings(load_config("quick", "sim", [f"finetune.lr_decay={bad}"]))
+
+
 def test_one_strategy_table_for_server_and_simulation():
     for name in STRATEGIES:
         assert FederationSettings.from_run_config({"strategy": name}).strategy == name

@@ -40,6 +40,7 @@ def federation_run_config(ft: FineTuneSettings, k: int, seed: int, sites_dir: Pa
         "fedbn": ft.fedbn,
         "server-lr": float(ft.server_lr),
         "server-momentum": float(ft.server_momentum),
+        "lr-decay": float(ft.lr_decay),
         **finetune_to_keys(dataclasses.replace(ft.local, seed=seed)),
         "device": device,
         "num-threads": threads,
