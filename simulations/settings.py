@@ -68,7 +68,7 @@ class FineTuneSettings:
 
     TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, lr_decay, local_epochs (= FineTuneConfig.epochs
     per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
-    max_steps, keep_bn_statistics).
+    max_steps, keep_bn_statistics, warmup_steps).
     """
 
     rounds: int = 3

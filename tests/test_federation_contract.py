@@ -23,7 +23,7 @@ APP_CONFIG = Path(__file__).resolve().parents[1] / "server" / "flower_app" / "py
 
 def test_round_config_survives_the_wire():
     ft = FineTuneConfig(epochs=3, lr=2e-4, weight_decay=0.0, batch_size=8, max_steps=5, augment=False, seed=7,
-                        proximal_mu=0.05, keep_bn_statistics=True)
+                        proximal_mu=0.05, keep_bn_statistics=True, warmup_steps=3)
     sent = RoundConfig(server_round=4, fed_id="abc123", model_kind="whole_image", model_spec={"arch": "x"},
                        preprocessing={"height": 8, "width": 6, "mean": 1.5}, finetune=ft, val_fraction=0.3,
                        fedbn=True, device="cpu", num_threads=2, tta=True, hist_bins=200)

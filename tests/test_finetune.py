@@ -17,7 +17,7 @@ from mammo_fl.common.utils.errors import ConfigError, MammoError
 from mammo_fl.common.evaluation.inference import predict_scores
 from mammo_fl.common.evaluation.metrics import auc
 from mammo_fl.common.models import build_model, convert_patch_to_whole
-from mammo_fl.common.training.finetune import FineTuneConfig, finetune
+from mammo_fl.common.training.finetune import FineTuneConfig, finetune, warmup_schedule
 from mammo_fl.common.training.loops import (
     balanced_cross_entropy,
     class_balanced_weights,
@@ -123,6 +123,34 @@ def test_keep_bn_statistics_trains_weights_but_keeps_running_statistics(tmp_path
         assert bn_buffers and changed - bn_buffers  # weights (incl. BatchNorm's affine ones) trained either way
         assert any(k.endswith(".weight") and k.replace(".weight", ".running_mean") in bn_buffers for k in changed)
         assert (changed & bn_buffers == set()) if keep else (changed & bn_buffers)
+
+
+def test_warmup_ramps_the_learning_rate_over_the_first_steps(tmp_path) -> None:
+    """A fresh Adam's first step moves each weight by ~lr whatever its gradient; with warmup_steps = 4 the
+    first step is a quarter of that, and the lr reaches its full value at step 4 and stays there."""
+    images, cache = whole_image_set(tmp_path, n=8)
+    ds = WholeImageDataset(images, cache, mean=40.0, augment=False)
+
+    def first_step(warmup: int) -> float:
+        model = _whole_model()
+        start = {k: v.detach().clone() for k, v in model.named_parameters()}
+        finetune(model, ds, FineTuneConfig(epochs=1, lr=1e-3, weight_decay=0.0, batch_size=4, augment=False,
+                                           max_steps=1, warmup_steps=warmup), CPU)
+        return max(float((p.detach() - start[k]).abs().max()) for k, p in model.named_parameters())
+
+    assert first_step(0) == pytest.approx(1e-3, rel=0.05)
+    assert first_step(4) == pytest.approx(1e-3 / 4, rel=0.05)
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = warmup_schedule(opt, 4)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert seen == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert warmup_schedule(opt, 0) is None
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        FineTuneConfig(warmup_steps=-1).validate()
 
 
 def test_fedprox_term_keeps_weights_near_the_reference(tmp_path) -> None:

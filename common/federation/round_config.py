@@ -31,6 +31,7 @@ FINETUNE_KEYS: dict[str, str] = {
     "seed": "seed",
     "proximal-mu": "proximal_mu",
     "keep-bn-statistics": "keep_bn_statistics",
+    "warmup-steps": "warmup_steps",
 }
 _FT_DEFAULTS = FineTuneConfig()
 # `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.

@@ -53,6 +53,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
                                                                   for k, v in model.named_parameters()}
         proximal = ProximalTerm(model, ref, cfg.proximal_mu)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = warmup_schedule(optimizer, cfg.warmup_steps)
     scaler = make_grad_scaler(device)
     loader = make_loader(plain, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
                          device=device, drop_last=needs_drop_last(model, n, cfg.batch_size))
@@ -63,7 +64,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
             break
         stats = run_epoch(model, loader, optimizer, device, scaler=scaler, augmenter=augmenter,
                           class_balance=cfg.class_balance, proximal=proximal, max_steps=left, progress=progress,
-                          keep_bn_statistics=cfg.keep_bn_statistics,
+                          keep_bn_statistics=cfg.keep_bn_statistics, scheduler=warmup,
                           desc=f"fine-tune {epoch + 1}/{cfg.epochs}")
         if stats.examples:
             total += stats.loss * stats.examples
@@ -72,3 +73,10 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
     model.eval()
     return {"num_examples": n, "train_loss": total / seen if seen else math.nan,
             "seconds": time.perf_counter() - start, "steps": steps, "examples_seen": seen}
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """lr x k/steps at step k (1-based) up to `steps`, then lr; None for no warm-up."""
+    if steps <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: min(1.0, (done + 1) / steps))

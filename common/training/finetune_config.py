@@ -28,6 +28,10 @@ class FineTuneConfig:
     # still train): this pipeline's models carry the patch classifier's statistics, which batches of
     # a few whole images overwrite (docs/simulations.md, "BatchNorm statistics during fine-tuning")
     keep_bn_statistics: bool = False
+    # linear learning-rate warm-up over the first steps of every call (= every federated round): a fresh
+    # Adam's first steps move every weight by ~lr whatever its gradient, which knocks a good source model
+    # off its optimum each round (docs/simulations.md, "Federated vs pooled at equal compute"); 0 = none
+    warmup_steps: int = 0
     preload_max_mb: float = 1024.0  # datasets smaller than this are held in RAM
 
     @classmethod
@@ -45,8 +49,8 @@ class FineTuneConfig:
         if self.epochs < 0 or self.batch_size < 1:
             raise ConfigError("fine-tuning needs epochs >= 0 and batch_size >= 1 "
                               f"(got {self.epochs}, {self.batch_size})")
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.proximal_mu >= 0):
-            raise ConfigError("fine-tuning needs lr > 0, weight_decay >= 0, proximal_mu >= 0")
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.proximal_mu >= 0 and self.warmup_steps >= 0):
+            raise ConfigError("fine-tuning needs lr > 0, weight_decay >= 0, proximal_mu >= 0, warmup_steps >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

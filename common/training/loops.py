@@ -206,7 +206,8 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
               scaler: torch.amp.GradScaler | None = None,
               augmenter: Callable[[torch.Tensor], torch.Tensor] | None = None,
               class_balance: bool = True, proximal: ProximalTerm | None = None, max_steps: int | None = None,
-              progress: bool = False, desc: str = "train", keep_bn_statistics: bool = False) -> EpochStats:
+              progress: bool = False, desc: str = "train", keep_bn_statistics: bool = False,
+              scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> EpochStats:
     """One pass over `loader`: (augment on device, a batch ahead) -> forward under autocast -> balanced CE
     (+ prox) -> step. The loss is summed on the device: nothing per step waits for the device."""
     train_mode(model, keep_bn_statistics)
@@ -234,6 +235,8 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
             else:
                 loss.backward()
                 optimizer.step()
+            if scheduler is not None:  # per optimiser step (a skipped AMP step still counts: warm-up is short)
+                scheduler.step()
             total += loss.detach().double() * y.numel()
             examples += y.numel()
             steps += 1
