@@ -118,11 +118,13 @@ class FederationSettings:
         return out
 
     def site_finetune(self, server_round: int = 1) -> FineTuneConfig:
-        """What the sites train with in `server_round` (1-based): the round's lr on the schedule,
-        FedProx's mu only with strategy fedprox."""
+        """What the sites train with in `server_round` (1-based): the round's lr on the schedule, the lr
+        warm-up in round 1 only (the federation warms up once, as a pooled run does at its start; warming
+        up every round slows every round: docs/simulations.md), FedProx's mu only with strategy fedprox."""
         mu = self.finetune.proximal_mu if self.strategy == "fedprox" else 0.0
         lr = self.finetune.lr * self.lr_decay ** max(server_round - 1, 0)
-        return dataclasses.replace(self.finetune, proximal_mu=mu, lr=lr)
+        warmup = self.finetune.warmup_steps if server_round <= 1 else 0
+        return dataclasses.replace(self.finetune, proximal_mu=mu, lr=lr, warmup_steps=warmup)
 
     def operating_target(self) -> Target:
         return target_from_settings(self.operating_point_specificity, self.operating_point_sensitivity,

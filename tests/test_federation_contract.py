@@ -57,7 +57,7 @@ def test_simulation_and_server_read_the_same_hyperparameters():
 
 
 def test_lr_schedule_across_rounds_reaches_the_sites_round_by_round():
-    settings = parse_settings(load_config("quick", "sim", ["finetune.lr_decay=0.5"]))
+    settings = parse_settings(load_config("quick", "sim", ["finetune.lr_decay=0.5", "finetune.warmup_steps=4"]))
     run_config = federation_run_config(settings.finetune, 3, 0, Path("s"), Path("o"), Path("m.pt"), "cpu", 1)
     server = FederationSettings.from_run_config(run_config)
     lr = settings.finetune.local.lr
@@ -65,7 +65,9 @@ def test_lr_schedule_across_rounds_reaches_the_sites_round_by_round():
                                                 preprocessing={}, finetune=server.site_finetune(r)).to_record())
             for r in (1, 2, 3)]
     assert [c.finetune.lr for c in sent] == pytest.approx([lr, lr / 2, lr / 4])
-    assert finetune_config(settings.finetune, seed=0).lr == lr  # pooled / single-site: constant lr
+    assert [c.finetune.warmup_steps for c in sent] == [4, 0, 0]  # the federation warms up once
+    single = finetune_config(settings.finetune, seed=0)  # pooled / single-site: constant lr, one warm-up
+    assert single.lr == lr and single.warmup_steps == 4
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="lr-decay"):
             FederationSettings.from_run_config({"lr-decay": bad})
