@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from mammo_fl.common.federation.round_config import FINETUNE_KEYS
@@ -66,8 +66,8 @@ class SourceSettings:
 class FineTuneSettings:
     """[finetune]: the federated schedule and each party's local training (the one FineTuneConfig).
 
-    TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, lr_decay, local_epochs (= FineTuneConfig.epochs
-    per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
+    TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, lr_decay, local_epochs
+    (= FineTuneConfig.epochs per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
     max_steps, keep_bn_statistics, warmup_steps).
     """
 
@@ -95,7 +95,8 @@ class FineTuneSettings:
     @classmethod
     def from_section(cls, raw: dict[str, Any]) -> FineTuneSettings:
         raw = dict(raw)
-        schedule = {k: raw.pop(k) for k in ("rounds", "strategy", "fedbn", "server_lr", "server_momentum", "lr_decay") if k in raw}
+        schedule_keys = [f.name for f in fields(cls) if f.name != "local"]  # the rest is the local FineTuneConfig
+        schedule = {k: raw.pop(k) for k in schedule_keys if k in raw}
         if "local_epochs" in raw:
             raw["epochs"] = raw.pop("local_epochs")
         allowed = set(FINETUNE_KEYS.values()) - {"seed"}  # what a round sends; the seed is experiment.seeds

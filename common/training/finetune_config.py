@@ -28,9 +28,9 @@ class FineTuneConfig:
     # still train): this pipeline's models carry the patch classifier's statistics, which batches of
     # a few whole images overwrite (docs/simulations.md, "BatchNorm statistics during fine-tuning")
     keep_bn_statistics: bool = False
-    # linear learning-rate warm-up over the first steps of this call: a fresh Adam's first steps move every
-    # weight by ~lr whatever its gradient, which knocks a good source model off its optimum (docs/simulations.md,
-    # "Federated vs pooled at equal compute"); a federation sends it in round 1 only; 0 = none
+    # linear learning-rate warm-up over the first steps of this call (a fresh Adam's first steps move every
+    # weight by ~lr whatever its gradient); a federation sends it in round 1 only; 0 = none. Measured: it
+    # helped pooled runs, not federated ones (docs/simulations.md, "Federated vs pooled at equal compute")
     warmup_steps: int = 0
     preload_max_mb: float = 1024.0  # datasets smaller than this are held in RAM
 
