@@ -1,7 +1,8 @@
 """A site's own state and limits around a round's work (client/session.py does the work itself).
 
 FedBN: the site's BatchNorm weights/statistics, kept in its state dir and never sent; they replace
-the global ones before evaluation and training. And the site's minimum of validation patients per
+the global ones before evaluation and training. The site's optimiser state (Adam's moments, with
+`local-optimizer-state`), kept there too and never sent. And the site's minimum of validation patients per
 class below which it sends no histogram (a histogram of a handful of patients discloses them).
 """
 
@@ -17,12 +18,17 @@ from mammo_fl.common.utils.atomic import atomic_path
 from mammo_fl.common.utils.errors import ConfigError
 
 
-def fedbn_path(site: SiteInfo, rc: RoundConfig) -> Path:
-    """The site's FedBN state for this federation; `fed-id` comes from the server, so it is checked
-    again here (RoundConfig.from_record already refuses one that could leave the folder)."""
+def local_state_path(site: SiteInfo, rc: RoundConfig, kind: str) -> Path:
+    """The site's own `kind` state (fedbn | optimizer) for this federation; `fed-id` comes from the
+    server, so it is checked again here (RoundConfig.from_record already refuses one that could leave
+    the folder)."""
     if not FED_ID.match(rc.fed_id):
         raise ConfigError("round config: fed-id must be 1-64 letters, digits, '_' or '-'")
-    return site.state_dir / "fedbn" / f"{rc.fed_id}.pt"
+    return site.state_dir / kind / f"{rc.fed_id}.pt"
+
+
+def fedbn_path(site: SiteInfo, rc: RoundConfig) -> Path:
+    return local_state_path(site, rc, "fedbn")
 
 
 def apply_local_bn(site: SiteInfo, rc: RoundConfig, model: Any) -> None:
@@ -43,6 +49,35 @@ def save_local_bn(site: SiteInfo, rc: RoundConfig, model: Any) -> None:
     path = fedbn_path(site, rc)
     with atomic_path(path) as tmp:
         torch.save(bn, tmp)
+
+
+def load_local_optimizer(site: SiteInfo, rc: RoundConfig) -> dict[str, Any] | None:
+    """This site's optimiser state from its last round of this federation, or None (first round, or the
+    federation does not keep it). An unreadable file means a fresh optimiser, not a failed round."""
+    import pickle
+
+    import torch
+
+    path = local_state_path(site, rc, "optimizer")
+    if not rc.finetune.local_optimizer_state or not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError):
+        return None
+
+
+def save_local_optimizer(site: SiteInfo, rc: RoundConfig, state: dict[str, Any]) -> None:
+    """Write it (0600, atomically); another federation's optimiser state is of no further use (a model's
+    worth of moments, twice), so it goes."""
+    import torch
+
+    path = local_state_path(site, rc, "optimizer")
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in path.parent.glob("*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
 
 
 def patients_per_class(images: Any) -> tuple[int, int]:

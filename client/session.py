@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from mammo_fl.client.faults import apply_update_fault, claimed_examples, parse_fault
-from mammo_fl.client.local import apply_local_bn, check_evaluable, patients_per_class, save_local_bn
+from mammo_fl.client.local import (apply_local_bn, check_evaluable, load_local_optimizer, patients_per_class,
+                                   save_local_bn, save_local_optimizer)
 from mammo_fl.client.policy import SiteRefusal
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
 from mammo_fl.client.site_privacy import noise_histograms, pack_within_norm, protect_update, wire_clip_norm
@@ -225,11 +226,14 @@ class SiteSession:
         dataset.seed = seed
         cfg = dataclasses.replace(rc.finetune, seed=seed)
         device = select_device(self.site.node_config.get("device", rc.device))
-        result = finetune(model, dataset, cfg, device, reference_state=reference)
+        result = finetune(model, dataset, cfg, device, reference_state=reference,
+                          optimizer_state=load_local_optimizer(self.site, rc))
         model.to("cpu")
         seconds = time.perf_counter() - t0 + self._take_prep()
         if rc.fedbn:
             save_local_bn(self.site, rc, model)
+        if rc.finetune.local_optimizer_state:
+            save_local_optimizer(self.site, rc, result["optimizer_state"])
         trained = P.state_to_numpy(model.state_dict())
         layout = W.Layout.of(self.held, self.exchanged(rc, list(trained)))
         sent = protect_update({k: trained[k] for k in layout.keys}, self.held, rc)  # DP clip (+ noise) as asked

@@ -221,6 +221,27 @@ def test_fed_id_cannot_leave_the_state_folder(tmp_path):
     assert fedbn_path(site, _rc(fed_id="abc_123-x")).parent == tmp_path / "state" / "fedbn"
 
 
+def test_site_optimizer_state_stays_in_its_state_folder(tmp_path):
+    import torch
+
+    from mammo_fl.client.local import load_local_optimizer, save_local_optimizer
+    from mammo_fl.client.site import SiteInfo
+    from mammo_fl.common.training.finetune_config import FineTuneConfig
+
+    site = SiteInfo("s", tmp_path, tmp_path / "state", {})
+    keep = FineTuneConfig(local_optimizer_state=True)
+    state = {"names": ["w"], "adam": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": []}}
+    assert load_local_optimizer(site, _rc(finetune=keep)) is None  # first round: nothing yet
+    save_local_optimizer(site, _rc(fed_id="old", finetune=keep), state)
+    save_local_optimizer(site, _rc(finetune=keep), state)
+    (path,) = (tmp_path / "state" / "optimizer").glob("*.pt")  # the older federation's state is gone
+    assert path.name == "abc123.pt" and path.stat().st_mode & 0o777 == 0o600
+    assert float(load_local_optimizer(site, _rc(finetune=keep))["adam"]["state"][0]["step"]) == 3.0
+    assert load_local_optimizer(site, _rc()) is None  # the federation does not keep it: not used
+    path.write_bytes(b"not a torch file")
+    assert load_local_optimizer(site, _rc(finetune=keep)) is None  # unreadable: a fresh Adam, not a failed round
+
+
 def test_site_config_rejects_unknown_keys_and_bad_hashes(tmp_path):
     from mammo_fl.client.policy import SitePolicy
 

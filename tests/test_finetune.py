@@ -109,6 +109,30 @@ def test_finetune_is_deterministic_and_reports(tmp_path) -> None:
     assert capped["steps"] == 3 and capped["examples_seen"] == 6
 
 
+def _adam_steps(result: dict) -> set[float]:
+    return {float(s["step"]) for s in result["optimizer_state"]["adam"]["state"].values()}
+
+
+def test_optimizer_state_carries_over_only_to_the_same_parameters(tmp_path) -> None:
+    images, cache = whole_image_set(tmp_path, n=8)
+    ds = WholeImageDataset(images, cache, mean=40.0, augment=False)
+    model = _whole_model()
+    first = finetune(model, ds, FineTuneConfig(epochs=1, lr=1e-3, batch_size=4), CPU)
+    assert first["steps"] == 2 and _adam_steps(first) == {2.0}
+    second = finetune(model, ds, FineTuneConfig(epochs=1, lr=5e-4, batch_size=4), CPU,
+                      optimizer_state=first["optimizer_state"])
+    assert _adam_steps(second) == {4.0}  # Adam continued: bias correction and moments carry on
+    groups = second["optimizer_state"]["adam"]["param_groups"]
+    assert all(g["lr"] == 5e-4 for g in groups)  # this call's lr, not the saved one
+    # other trainable parameters (a frozen trunk): the saved moments do not fit, Adam starts afresh
+    partial = _whole_model()
+    for p in list(partial.parameters())[:4]:
+        p.requires_grad_(False)
+    again = finetune(partial, ds, FineTuneConfig(epochs=1, lr=1e-3, batch_size=4), CPU,
+                     optimizer_state=first["optimizer_state"])
+    assert _adam_steps(again) == {2.0}
+
+
 def test_keep_bn_statistics_trains_weights_but_keeps_running_statistics(tmp_path) -> None:
     """keep_bn_statistics: every BatchNorm buffer stays the source model's while the weights (BatchNorm's
     affine ones included) train; without it the running statistics follow the fine-tuning batches."""

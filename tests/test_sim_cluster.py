@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 RAY = Path(sys.executable).with_name("ray")
 TINY_TARGET = ["--set", "target.patients=10", "--set", "target.image_height=320", "--set", "target.image_width=256",
@@ -53,7 +54,7 @@ def _sim(out: Path, model: Path, cache: Path, *extra: str, timeout: int = 420) -
 def test_vendor_sites_with_fedbn_through_flower(tmp_path, tiny_model):
     out = tmp_path / "run"
     _sim(out, tiny_model, tmp_path / "cache", "--set", "experiment.partition='vendor'", "--set", "finetune.fedbn=true",
-         "--set", "experiment.methods=['pooled','federated']")
+         "--set", "finetune.local_optimizer_state=true", "--set", "experiment.methods=['pooled','federated']")
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "done", record.get("grid", {}).get("failures")
     assert set(record["target"]["vendors"]) == {"hologic-selenia", "ge-senographe"}  # one per site of K=2
@@ -63,7 +64,12 @@ def test_vendor_sites_with_fedbn_through_flower(tmp_path, tiny_model):
     assert all(len(v) == 1 for v in scanners.values()) and scanners["site_00"] != scanners["site_01"]
     # FedBN: each site kept its own BatchNorm, and the federated arm was scored with it
     for site in scanners:
-        assert len(list((out / "sites" / job["run_dir"].split("/")[-1] / site / ".mammo-fl" / "fedbn").glob("*.pt"))) == 1
+        state = out / "sites" / job["run_dir"].split("/")[-1] / site / ".mammo-fl"
+        assert len(list((state / "fedbn").glob("*.pt"))) == 1
+        # and its Adam state, continued across the 2 rounds of 1 step each (a fresh Adam would count 1)
+        (adam,) = (state / "optimizer").glob("*.pt")
+        steps = {float(s["step"]) for s in torch.load(adam, weights_only=True)["adam"]["state"].values()}
+        assert steps == {2.0} and adam.stat().st_mode & 0o777 == 0o600
     fed = pd.read_csv(out / "predictions" / "federated_k2_n7_seed0.csv", dtype={"image_id": str})
     pooled = pd.read_csv(out / "predictions" / "pooled_n7_seed0.csv", dtype={"image_id": str})
     assert list(fed["image_id"]) == list(pooled["image_id"]) and fed["malignant_prob"].between(0, 1).all()

@@ -32,6 +32,7 @@ FINETUNE_KEYS: dict[str, str] = {
     "proximal-mu": "proximal_mu",
     "keep-bn-statistics": "keep_bn_statistics",
     "warmup-steps": "warmup_steps",
+    "local-optimizer-state": "local_optimizer_state",
 }
 _FT_DEFAULTS = FineTuneConfig()
 # `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.

@@ -24,11 +24,15 @@ from mammo_fl.common.training.loops import ProximalTerm, make_loader, needs_drop
 
 
 def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: torch.device | str,
-             reference_state: dict[str, torch.Tensor] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Train the model's trainable parameters in place; returns num_examples, train_loss, seconds (+ steps).
+             reference_state: dict[str, torch.Tensor] | None = None, progress: bool = False,
+             optimizer_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train the model's trainable parameters in place; returns num_examples, train_loss, seconds, steps
+    and optimizer_state (what `optimizer_state` takes next time: Adam's moments and step count).
 
     With `cfg.proximal_mu > 0`, adds mu/2 * ||w - w_ref||^2 over trainable params (FedProx); the
-    reference defaults to the weights at the start of this call.
+    reference defaults to the weights at the start of this call. `optimizer_state` from an earlier call
+    continues that Adam (at this call's lr and weight decay) when it was for the same trainable
+    parameters; otherwise Adam starts afresh.
     """
     cfg.validate()
     device = torch.device(device)
@@ -53,6 +57,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
                                                                   for k, v in model.named_parameters()}
         proximal = ProximalTerm(model, ref, cfg.proximal_mu)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    resume_optimizer(optimizer, optimizer_state, trainable_names(model), cfg)
     warmup = warmup_schedule(optimizer, cfg.warmup_steps)
     scaler = make_grad_scaler(device)
     loader = make_loader(plain, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
@@ -72,7 +77,29 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
         steps += stats.steps
     model.eval()
     return {"num_examples": n, "train_loss": total / seen if seen else math.nan,
-            "seconds": time.perf_counter() - start, "steps": steps, "examples_seen": seen}
+            "seconds": time.perf_counter() - start, "steps": steps, "examples_seen": seen,
+            "optimizer_state": {"names": trainable_names(model), "adam": optimizer.state_dict()}}
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters, in the optimiser's order (trainable_parameters')."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def resume_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any] | None, names: list[str],
+                     cfg: FineTuneConfig) -> bool:
+    """Load an earlier call's Adam state if it was for exactly these parameters; this call's lr and
+    weight decay win over the saved ones (a schedule across rounds changes lr). True when loaded."""
+    if not saved or saved.get("names") != names:
+        return False
+    try:
+        optimizer.load_state_dict(saved["adam"])
+    except (KeyError, ValueError, TypeError):
+        return False  # another optimiser's layout: start afresh rather than fail the round
+    for group in optimizer.param_groups:
+        group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+        group.pop("initial_lr", None)  # an earlier warm-up's; a new scheduler sets its own
+    return True
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:

@@ -32,6 +32,10 @@ class FineTuneConfig:
     # weight by ~lr whatever its gradient); a federation sends it in round 1 only; 0 = none. Measured: it
     # helped pooled runs, not federated ones (docs/simulations.md, "Federated vs pooled at equal compute")
     warmup_steps: int = 0
+    # a federated site keeps its Adam moments and step count across rounds (in its state dir, never sent):
+    # a fresh Adam's first steps move every weight by ~lr whatever its gradient, and a site with a few
+    # steps per round otherwise takes only such steps (docs/simulations.md, "Federated vs pooled")
+    local_optimizer_state: bool = False
     preload_max_mb: float = 1024.0  # datasets smaller than this are held in RAM
 
     @classmethod
