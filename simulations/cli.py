@@ -51,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 def build_compare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mammo-sim compare",
-        description="AUC(A) - AUC(B) of two arms on the same validation images, per seed and mean over seeds, "
-        "with patient-level paired bootstrap CIs. An arm is RUN (its federated arm) or RUN:pooled / RUN:federated.")
-    parser.add_argument("arm_a", help="RUN_A[:METHOD]")
-    parser.add_argument("arm_b", help="RUN_B[:METHOD]")
+        description="AUC(A) - AUC(B) of two arms on the same validation images, per seed, mean over seeds "
+        "and mean over every size and seed, with patient-level paired bootstrap CIs. An arm is RUN (its "
+        "federated arm) or RUN:pooled / RUN:federated; RUN,RUN,... joins runs of one grid (sizes run apart).")
+    parser.add_argument("arm_a", help="RUN_A[,RUN...][:METHOD]")
+    parser.add_argument("arm_b", help="RUN_B[,RUN...][:METHOD]")
     parser.add_argument("--out", type=Path, default=None, help="also write the per-seed rows and the means as CSV")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     return parser
@@ -71,11 +72,12 @@ def _compare(argv: list[str]) -> int:
 
     args = build_compare_parser().parse_args(argv)
     a, b = Arm.parse(args.arm_a), Arm.parse(args.arm_b)
-    per_seed, summary = compare_arms(a, b, resamples=args.resamples)
-    print(format_comparison(a, b, per_seed, summary))
+    result = compare_arms(a, b, resamples=args.resamples)
+    print(format_comparison(a, b, result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        rows = pd.concat([per_seed.assign(kind="seed"), summary.assign(kind="mean")], ignore_index=True)
+        rows = pd.concat([result.per_seed.assign(kind="seed"), result.summary.assign(kind="mean"),
+                          result.overall.assign(kind="overall")], ignore_index=True)
         rows.to_csv(args.out, index=False)
         print(f"comparison: {args.out}")
     return 0

@@ -1,12 +1,14 @@
 """Paired comparison of two arms of mammo-sim runs on the same validation images.
 
-    mammo-sim compare RUN_A[:METHOD] RUN_B[:METHOD] [--out FILE.csv] [--resamples 2000]
+    mammo-sim compare RUN_A[,RUN...][:METHOD] RUN_B[,RUN...][:METHOD] [--out FILE.csv] [--resamples 2000]
 
 Every arm of a run keeps its per-image validation scores (RUN/predictions/*.csv). Runs with the
 same target, seeds and sizes share the validation set, subsets and partitions, so arm A of one
 run (e.g. FedBN) and arm B of another (FedAvg), or two arms of one run (federated vs pooled),
 are paired image by image: per (patients, K, seed) AUC(A) - AUC(B) with a patient-level paired
-bootstrap CI, and per (patients, K) the mean over seeds with the CI of that mean.
+bootstrap CI, per (patients, K) the mean over seeds with the CI of that mean, and per K the mean
+over every size and seed (one number for "is A as good as B across the curve"). Several runs of one
+grid (sizes run apart, say) make one arm: RUN,RUN,...
 """
 
 from __future__ import annotations
@@ -25,35 +27,46 @@ PATTERN = re.compile(r"^(?P<method>pooled|federated)(?:_k(?P<k>\d+))?_n(?P<n>\d+
 
 @dataclass(frozen=True)
 class Arm:
-    run: Path
+    runs: tuple[Path, ...]
     method: str
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """`RUN` (federated arm) or `RUN:METHOD` with METHOD pooled | federated."""
-        run, sep, method = text.rpartition(":")
+        """`RUN[,RUN...]` (federated arm) or `RUN[,RUN...]:METHOD` with METHOD pooled | federated."""
+        body, sep, method = text.rpartition(":")
         if not sep:
-            return cls(Path(text), "federated")
-        if method not in ("pooled", "federated"):
+            body, method = text, "federated"
+        elif method not in ("pooled", "federated"):
             raise ConfigError(f"arm {text!r}: method after ':' must be pooled or federated, got {method!r}")
-        return cls(Path(run), method)
+        runs = tuple(Path(part) for part in body.split(",") if part)
+        if not runs:
+            raise ConfigError(f"arm {text!r}: no run folder")
+        return cls(runs, method)
 
     def label(self) -> str:
-        return f"{self.run.name}:{self.method}"
+        return "+".join(run.name for run in self.runs) + f":{self.method}"
 
 
 def arm_files(arm: Arm) -> dict[tuple[int, int, int], Path]:
-    """{(patients, k_sites, seed): predictions file} of one arm (k_sites 0 for pooled)."""
-    folder = arm.run / "predictions"
-    if not folder.is_dir():
-        raise DataError(folder, "no per-image predictions (runs before this feature did not keep them)")
+    """{(patients, k_sites, seed): predictions file} of one arm (k_sites 0 for pooled), over its runs."""
     out: dict[tuple[int, int, int], Path] = {}
-    for path in sorted(folder.glob("*.csv")):
-        match = PATTERN.match(path.name)
-        if match and match["method"] == arm.method:
-            out[(int(match["n"]), int(match["k"] or 0), int(match["seed"]))] = path
-    if not out:
-        raise DataError(folder, f"no {arm.method} predictions")
+    for run in arm.runs:
+        folder = run / "predictions"
+        if not folder.is_dir():
+            raise DataError(folder, "no per-image predictions (runs before this feature did not keep them)")
+        found = 0
+        for path in sorted(folder.glob("*.csv")):
+            match = PATTERN.match(path.name)
+            if not (match and match["method"] == arm.method):
+                continue
+            key = (int(match["n"]), int(match["k"] or 0), int(match["seed"]))
+            if key in out:
+                raise ConfigError(f"arm {arm.label()}: {path.name} is in both {out[key].parent.parent} and {run}; "
+                                  "an arm takes each job from one run")
+            out[key] = path
+            found += 1
+        if not found:
+            raise DataError(folder, f"no {arm.method} predictions")
     return out
 
 
@@ -66,7 +79,7 @@ def _pairs(a: Arm, b: Arm) -> list[tuple[tuple[int, int, int], Path, Path]]:
             if n == n_b and seed == seed_b and (k == k_b or 0 in (k, k_b)):
                 pairs.append(((n, max(k, k_b), seed), path_a, path_b))
     if not pairs:
-        raise DataError(b.run, f"no job of {b.label()} matches one of {a.label()} (same patients and seed)")
+        raise DataError(b.runs[0], f"no job of {b.label()} matches one of {a.label()} (same patients and seed)")
     return pairs
 
 
@@ -81,8 +94,15 @@ def _aligned(path_a: Path, path_b: Path) -> pd.DataFrame:
     return merged.rename(columns={"label_a": "label"}).sort_values("image_id").reset_index(drop=True)
 
 
-def compare_arms(a: Arm, b: Arm, resamples: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-seed rows, per-(patients, K) mean-over-seeds rows) of AUC(A) - AUC(B)."""
+@dataclass(frozen=True)
+class Comparison:
+    per_seed: pd.DataFrame  # one row per (patients, K, seed)
+    summary: pd.DataFrame  # per (patients, K): the mean over seeds
+    overall: pd.DataFrame  # per K with more than one size: the mean over every (patients, seed) pair
+
+
+def compare_arms(a: Arm, b: Arm, resamples: int = 2000) -> Comparison:
+    """AUC(A) - AUC(B) per seed, its mean over seeds per (patients, K), and its mean over sizes per K."""
     per_seed, grouped = [], {}
     for (n, k, seed), path_a, path_b in _pairs(a, b):
         m = _aligned(path_a, path_b)
@@ -92,29 +112,46 @@ def compare_arms(a: Arm, b: Arm, resamples: int = 2000) -> tuple[pd.DataFrame, p
                          "difference": res.difference, "ci_low": res.ci[0], "ci_high": res.ci[1],
                          "share_a_better": res.share_a_better})
         grouped.setdefault((n, k), []).append(m)
-    summary = []
-    for (n, k), frames in sorted(grouped.items()):
-        ref = frames[0]
-        res = paired_mean_auc_difference(ref["label"], [f["malignant_prob_a"] for f in frames],
-                                         [f["malignant_prob_b"] for f in frames], n=resamples, seed=0,
-                                         groups=ref["patient_id"])
-        diffs = [r["difference"] for r in per_seed if r["patients"] == n and r["k_sites"] == k]
-        summary.append({"patients": n, "k_sites": k, "seeds": len(frames), "auc_a": res.auc_a, "auc_b": res.auc_b,
-                        "mean_difference": res.difference, "ci_low": res.ci[0], "ci_high": res.ci[1],
-                        "seeds_a_better": sum(d > 0 for d in diffs), "min_difference": min(diffs),
-                        "max_difference": max(diffs)})
-    return pd.DataFrame(per_seed), pd.DataFrame(summary)
+    summary = [_mean_row(frames, [r["difference"] for r in per_seed if (r["patients"], r["k_sites"]) == key],
+                         resamples, patients=key[0], k_sites=key[1], seeds=len(frames))
+               for key, frames in sorted(grouped.items())]
+    overall = []
+    for k in sorted({k for _, k in grouped}):
+        sizes = sorted(n for n, k_n in grouped if k_n == k)
+        frames = [f for n in sizes for f in grouped[(n, k)]]
+        if len(sizes) < 2 or any(list(f["image_id"]) != list(frames[0]["image_id"]) for f in frames):
+            continue  # one size, or runs scored on other validation sets: no common mean
+        diffs = [r["difference"] for r in per_seed if r["k_sites"] == k]
+        overall.append(_mean_row(frames, diffs, resamples, k_sites=k, sizes=len(sizes), jobs=len(frames)))
+    return Comparison(pd.DataFrame(per_seed), pd.DataFrame(summary), pd.DataFrame(overall))
 
 
-def format_comparison(a: Arm, b: Arm, per_seed: pd.DataFrame, summary: pd.DataFrame) -> str:
+def _mean_row(frames: list[pd.DataFrame], diffs: list[float], resamples: int, **key: int) -> dict[str, float]:
+    """The mean of AUC(A) - AUC(B) over `frames` (same images) with the CI of that mean."""
+    ref = frames[0]
+    res = paired_mean_auc_difference(ref["label"], [f["malignant_prob_a"] for f in frames],
+                                     [f["malignant_prob_b"] for f in frames], n=resamples, seed=0,
+                                     groups=ref["patient_id"])
+    return {**key, "auc_a": res.auc_a, "auc_b": res.auc_b, "mean_difference": res.difference,
+            "ci_low": res.ci[0], "ci_high": res.ci[1], "a_better": sum(d > 0 for d in diffs),
+            "min_difference": min(diffs), "max_difference": max(diffs)}
+
+
+def format_comparison(a: Arm, b: Arm, result: Comparison) -> str:
     lines = [f"AUC({a.label()}) - AUC({b.label()}), paired on the same validation images "
              "(95% CI: patients resampled whole)"]
-    for r in per_seed.itertuples():
+    for r in result.per_seed.itertuples():
         lines.append(f"  n={r.patients:<3} K={r.k_sites} seed={r.seed}: {r.auc_a:.3f} vs {r.auc_b:.3f}  "
                      f"diff {r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
     lines.append("mean over seeds (CI of the mean under validation-set resampling):")
-    for r in summary.itertuples():
+    for r in result.summary.itertuples():
         lines.append(f"  n={r.patients:<3} K={r.k_sites}: {r.auc_a:.3f} vs {r.auc_b:.3f}  mean diff "
                      f"{r.mean_difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  A better in "
-                     f"{r.seeds_a_better}/{r.seeds} seeds (per-seed {r.min_difference:+.3f}..{r.max_difference:+.3f})")
+                     f"{r.a_better}/{r.seeds} seeds (per-seed {r.min_difference:+.3f}..{r.max_difference:+.3f})")
+    if len(result.overall):
+        lines.append("mean over every size and seed (each job counts once):")
+    for r in result.overall.itertuples():
+        lines.append(f"  {r.sizes} sizes K={r.k_sites}: {r.auc_a:.3f} vs {r.auc_b:.3f}  mean diff "
+                     f"{r.mean_difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  A better in "
+                     f"{r.a_better}/{r.jobs} jobs (per-job {r.min_difference:+.3f}..{r.max_difference:+.3f})")
     return "\n".join(lines)

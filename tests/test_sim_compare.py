@@ -36,28 +36,50 @@ def runs(tmp_path):
     """Run A: a better federated arm; run B: a worse one, plus its pooled arm (3 seeds, n = 20 and 40, K = 3)."""
     for seed in range(3):
         for n in (20, 40):
-            _write(tmp_path / "A", f"federated_k3_n{n}_seed{seed}.csv", 2.5, seed)
-            _write(tmp_path / "B", f"federated_k3_n{n}_seed{seed}.csv", 0.8, seed)
-            _write(tmp_path / "B", f"pooled_n{n}_seed{seed}.csv", 2.5, seed)
+            noise = seed + 10 * n  # each job its own score noise
+            _write(tmp_path / "A", f"federated_k3_n{n}_seed{seed}.csv", 2.5, noise)
+            _write(tmp_path / "B", f"federated_k3_n{n}_seed{seed}.csv", 0.8, noise)
+            _write(tmp_path / "B", f"pooled_n{n}_seed{seed}.csv", 2.5, noise)
     _write(tmp_path / "B", "local_k3_n20_seed0_site_00.csv", 1.0, 0)  # not an arm compare pairs
     return tmp_path
 
 
 def test_better_arm_wins_in_every_seed_with_ci_above_zero(runs):
-    per_seed, summary = compare_arms(Arm.parse(str(runs / "A")), Arm.parse(str(runs / "B")), resamples=300)
+    result = compare_arms(Arm.parse(str(runs / "A")), Arm.parse(str(runs / "B")), resamples=300)
+    per_seed, summary = result.per_seed, result.summary
     assert len(per_seed) == 6 and set(per_seed["k_sites"]) == {3}
     assert (per_seed["difference"] > 0).all()
     assert list(summary["patients"]) == [20, 40] and (summary["seeds"] == 3).all()
     row = summary.iloc[0]
-    assert row["seeds_a_better"] == 3 and row["ci_low"] > 0
+    assert row["a_better"] == 3 and row["ci_low"] > 0
     assert row["ci_low"] <= row["mean_difference"] <= row["ci_high"]
     assert row["mean_difference"] == pytest.approx(per_seed[per_seed["patients"] == 20]["difference"].mean())
+    (over,) = result.overall.itertuples()  # both sizes, all seeds: one mean, narrower than one size's CI
+    assert (over.sizes, over.jobs, over.a_better) == (2, 6, 6)
+    assert over.mean_difference == pytest.approx(per_seed["difference"].mean())
+    assert over.ci_high - over.ci_low < row["ci_high"] - row["ci_low"]
+
+
+def test_an_arm_can_span_runs_of_one_grid(runs, tmp_path):
+    """Sizes run apart (two invocations) make one arm; a job found in two runs is refused."""
+    for n in (20, 40):
+        part = tmp_path / f"A{n}" / "predictions"
+        part.mkdir(parents=True)
+        for seed in range(3):
+            name = f"federated_k3_n{n}_seed{seed}.csv"
+            (part / name).write_bytes((runs / "A" / "predictions" / name).read_bytes())
+    split = compare_arms(Arm.parse(f"{tmp_path / 'A20'},{tmp_path / 'A40'}"), Arm.parse(str(runs / "B")),
+                         resamples=100)
+    whole = compare_arms(Arm.parse(str(runs / "A")), Arm.parse(str(runs / "B")), resamples=100)
+    pd.testing.assert_frame_equal(split.per_seed, whole.per_seed)
+    assert split.overall["mean_difference"].iloc[0] == pytest.approx(whole.overall["mean_difference"].iloc[0])
+    with pytest.raises(ConfigError, match="in both"):
+        compare_arms(Arm.parse(f"{runs / 'A'},{tmp_path / 'A20'}"), Arm.parse(str(runs / "B")))
 
 
 def test_federated_against_pooled_of_the_same_run(runs):
-    per_seed, summary = compare_arms(Arm.parse(f"{runs / 'B'}:federated"), Arm.parse(f"{runs / 'B'}:pooled"),
-                                     resamples=200)
-    assert len(per_seed) == 6 and (summary["mean_difference"] < 0).all()  # pooled arm is the better one here
+    result = compare_arms(Arm.parse(f"{runs / 'B'}:federated"), Arm.parse(f"{runs / 'B'}:pooled"), resamples=200)
+    assert len(result.per_seed) == 6 and (result.summary["mean_difference"] < 0).all()  # pooled arm is the better one here
 
 
 def test_identical_arms_differ_by_exactly_zero():
@@ -89,5 +111,6 @@ def test_cli_prints_and_writes_the_comparison(runs, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "mean over seeds" in proc.stdout and "A better in 3/3 seeds" in proc.stdout
+    assert "2 sizes K=3" in proc.stdout and "A better in 6/6 jobs" in proc.stdout
     table = pd.read_csv(out)
-    assert set(table["kind"]) == {"seed", "mean"} and len(table) == 8
+    assert set(table["kind"]) == {"seed", "mean", "overall"} and len(table) == 9
