@@ -9,9 +9,9 @@ from typing import Any
 from mammo_fl.client.audit import GENESIS, line_sha256
 
 # Received-config keys worth a word (the model spec and preprocessing are long; they stay in the log).
-SHOWN_CONFIG = ("local-epochs", "lr", "warmup-steps", "local-optimizer-state", "weight-decay", "batch-size", "max-steps", "augment",
-                "proximal-mu", "keep-bn-statistics", "fedbn", "hist-bins", "tta", "evaluate", "train-layers",
-                "wire-dtype", "dp-clip-norm", "dp-site-noise", "dp-histogram-noise")
+SHOWN_CONFIG = ("local-epochs", "lr", "warmup-steps", "local-optimizer-state", "weight-decay", "batch-size",
+                "max-steps", "augment", "proximal-mu", "keep-bn-statistics", "fedbn", "hist-bins", "tta", "evaluate",
+                "train-layers", "wire-dtype", "dp-clip-norm", "dp-site-noise", "dp-histogram-noise")
 
 
 @dataclass

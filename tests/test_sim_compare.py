@@ -79,7 +79,8 @@ def test_an_arm_can_span_runs_of_one_grid(runs, tmp_path):
 
 def test_federated_against_pooled_of_the_same_run(runs):
     result = compare_arms(Arm.parse(f"{runs / 'B'}:federated"), Arm.parse(f"{runs / 'B'}:pooled"), resamples=200)
-    assert len(result.per_seed) == 6 and (result.summary["mean_difference"] < 0).all()  # pooled arm is the better one here
+    assert len(result.per_seed) == 6
+    assert (result.summary["mean_difference"] < 0).all()  # the pooled arm is the better one here
 
 
 def test_identical_arms_differ_by_exactly_zero():
