@@ -103,7 +103,10 @@ def test_live_page_and_report_of_a_real_run(tmp_path):
             status = _poll("the sites by name in /api/status", lambda: (s := _status(url)) and s["round"] == ROUNDS
                            and set(names) <= {x["name"] for x in s["sites"]} and s, server)
             assert status["status"] == "running" and status["rounds"] == ROUNDS
-            assert all(x["online"] for x in status["sites"] if x["name"] in names)
+            # "online" is Flower's node list, refreshed every 10 s in the background while the page is
+            # watched (server/node_list.py): one snapshot may predate the sites' latest heartbeat
+            _poll("both sites online in /api/status", lambda: (s := _status(url)) and all(
+                x["online"] for x in s["sites"] if x["name"] in names), server, timeout_s=90.0)
             _poll("the page to refresh to round 2 with the curve", lambda: (
                 (now := _page_shows(driver, names, points=1)) and now["round"] == str(ROUNDS)
                 and (now["round"], now["phase"]) != (first["round"], first["phase"])), server)
