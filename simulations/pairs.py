@@ -99,6 +99,7 @@ class Comparison:
     per_seed: pd.DataFrame  # one row per (patients, K, seed)
     summary: pd.DataFrame  # per (patients, K): the mean over seeds
     overall: pd.DataFrame  # per K with more than one size: the mean over every (patients, seed) pair
+    no_overall: tuple[int, ...] = ()  # K whose sizes were scored on different validation sets: no common mean
 
 
 def compare_arms(a: Arm, b: Arm, resamples: int = 2000) -> Comparison:
@@ -115,15 +116,18 @@ def compare_arms(a: Arm, b: Arm, resamples: int = 2000) -> Comparison:
     summary = [_mean_row(frames, [r["difference"] for r in per_seed if (r["patients"], r["k_sites"]) == key],
                          resamples, patients=key[0], k_sites=key[1], seeds=len(frames))
                for key, frames in sorted(grouped.items())]
-    overall = []
+    overall, no_overall = [], []
     for k in sorted({k for _, k in grouped}):
         sizes = sorted(n for n, k_n in grouped if k_n == k)
         frames = [f for n in sizes for f in grouped[(n, k)]]
-        if len(sizes) < 2 or any(list(f["image_id"]) != list(frames[0]["image_id"]) for f in frames):
-            continue  # one size, or runs scored on other validation sets: no common mean
+        if len(sizes) < 2:
+            continue
+        if any(list(f["image_id"]) != list(frames[0]["image_id"]) for f in frames):
+            no_overall.append(k)  # runs of other targets or splits joined in one arm
+            continue
         diffs = [r["difference"] for r in per_seed if r["k_sites"] == k]
         overall.append(_mean_row(frames, diffs, resamples, k_sites=k, sizes=len(sizes), jobs=len(frames)))
-    return Comparison(pd.DataFrame(per_seed), pd.DataFrame(summary), pd.DataFrame(overall))
+    return Comparison(pd.DataFrame(per_seed), pd.DataFrame(summary), pd.DataFrame(overall), tuple(no_overall))
 
 
 def _mean_row(frames: list[pd.DataFrame], diffs: list[float], resamples: int, **key: int) -> dict[str, float]:
@@ -154,4 +158,6 @@ def format_comparison(a: Arm, b: Arm, result: Comparison) -> str:
         lines.append(f"  {r.sizes} sizes K={r.k_sites}: {r.auc_a:.3f} vs {r.auc_b:.3f}  mean diff "
                      f"{r.mean_difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  A better in "
                      f"{r.a_better}/{r.jobs} jobs (per-job {r.min_difference:+.3f}..{r.max_difference:+.3f})")
+    for k in result.no_overall:
+        lines.append(f"no mean over sizes for K={k}: its sizes were scored on different validation sets")
     return "\n".join(lines)

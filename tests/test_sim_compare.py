@@ -75,6 +75,17 @@ def test_an_arm_can_span_runs_of_one_grid(runs, tmp_path):
     assert split.overall["mean_difference"].iloc[0] == pytest.approx(whole.overall["mean_difference"].iloc[0])
     with pytest.raises(ConfigError, match="in both"):
         compare_arms(Arm.parse(f"{runs / 'A'},{tmp_path / 'A20'}"), Arm.parse(str(runs / "B")))
+    # sizes scored on other validation images (another target joined in): per-size lines, no common mean
+    for arm, n, prefix in (("A40", 40, "x"), ("B40", 40, "x"), ("B20", 20, "")):
+        folder = tmp_path / arm / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        for seed in range(3):
+            name = f"federated_k3_n{n}_seed{seed}.csv"
+            frame = pd.read_csv(runs / arm[0] / "predictions" / name, dtype={"image_id": str})
+            frame.assign(image_id=prefix + frame["image_id"]).to_csv(folder / name, index=False)
+    mixed = compare_arms(Arm.parse(f"{tmp_path / 'A20'},{tmp_path / 'A40'}"),
+                         Arm.parse(f"{tmp_path / 'B20'},{tmp_path / 'B40'}"), resamples=50)
+    assert len(mixed.summary) == 2 and mixed.overall.empty and mixed.no_overall == (3,)
 
 
 def test_federated_against_pooled_of_the_same_run(runs):
