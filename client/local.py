@@ -75,7 +75,12 @@ def save_local_optimizer(site: SiteInfo, rc: RoundConfig, state: dict[str, Any])
     path = local_state_path(site, rc, "optimizer")
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-    for old in path.parent.glob("*.pt"):
+    drop_other_federations(path)
+
+
+def drop_other_federations(path: Path) -> None:
+    """Remove the files beside `path` of its kind (suffix): state of federations the site has left."""
+    for old in path.parent.glob(f"*{path.suffix}"):
         if old != path:
             old.unlink(missing_ok=True)
 

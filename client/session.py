@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from mammo_fl.client.faults import apply_update_fault, claimed_examples, parse_fault
-from mammo_fl.client.local import (apply_local_bn, check_evaluable, load_local_optimizer, patients_per_class,
-                                   save_local_bn, save_local_optimizer)
+from mammo_fl.client.local import (apply_local_bn, check_evaluable, drop_other_federations, load_local_optimizer,
+                                   patients_per_class, save_local_bn, save_local_optimizer)
 from mammo_fl.client.policy import SiteRefusal
 from mammo_fl.client.site import SiteInfo, load_site_images, site_subsets
 from mammo_fl.client.site_privacy import noise_histograms, pack_within_norm, protect_update, wire_clip_norm
@@ -99,9 +99,7 @@ class SiteSession:
             return
         path = self._held_path(self.held_fed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for old in path.parent.glob("*.npz"):  # one federation's model at a time
-            if old != path:
-                old.unlink(missing_ok=True)
+        drop_other_federations(path)  # one federation's model at a time
         with atomic_path(path) as tmp:
             np.savez(tmp, **self.held)
         atomic_write_text(path.with_suffix(".json"), json.dumps({"digest": self.held_digest}))

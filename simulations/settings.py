@@ -66,9 +66,9 @@ class SourceSettings:
 class FineTuneSettings:
     """[finetune]: the federated schedule and each party's local training (the one FineTuneConfig).
 
-    TOML keys: rounds, strategy, fedbn, server_lr, server_momentum, lr_decay, local_epochs
-    (= FineTuneConfig.epochs per round) and the other FineTuneConfig fields (lr, weight_decay, batch_size, proximal_mu, augment,
-    max_steps, keep_bn_statistics, warmup_steps).
+    TOML keys: this class's schedule fields (rounds, strategy, fedbn, server_lr, ...), local_epochs
+    (= FineTuneConfig.epochs per round) and the FineTuneConfig fields a round sends (FINETUNE_KEYS'
+    values but the seed, which is experiment.seeds).
     """
 
     rounds: int = 3

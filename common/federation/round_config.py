@@ -35,7 +35,7 @@ FINETUNE_KEYS: dict[str, str] = {
     "local-optimizer-state": "local_optimizer_state",
 }
 _FT_DEFAULTS = FineTuneConfig()
-# `fed-id` names a file at the site (its FedBN state): letters, digits, '_' and '-' only.
+# `fed-id` names files at the site (its FedBN and optimiser state): letters, digits, '_' and '-' only.
 FED_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

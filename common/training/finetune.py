@@ -57,7 +57,8 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
                                                                   for k, v in model.named_parameters()}
         proximal = ProximalTerm(model, ref, cfg.proximal_mu)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    resume_optimizer(optimizer, optimizer_state, trainable_names(model), cfg)
+    names = trainable_names(model)
+    resume_optimizer(optimizer, optimizer_state, names, cfg)
     warmup = warmup_schedule(optimizer, cfg.warmup_steps)
     scaler = make_grad_scaler(device)
     loader = make_loader(plain, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
@@ -78,7 +79,7 @@ def finetune(model: nn.Module, dataset: Dataset, cfg: FineTuneConfig, device: to
     model.eval()
     return {"num_examples": n, "train_loss": total / seen if seen else math.nan,
             "seconds": time.perf_counter() - start, "steps": steps, "examples_seen": seen,
-            "optimizer_state": {"names": trainable_names(model), "adam": optimizer.state_dict()}}
+            "optimizer_state": {"names": names, "adam": optimizer.state_dict()}}
 
 
 def trainable_names(model: nn.Module) -> list[str]:
