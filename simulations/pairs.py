@@ -9,6 +9,11 @@ are paired image by image: per (patients, K, seed) AUC(A) - AUC(B) with a patien
 bootstrap CI, per (patients, K) the mean over seeds with the CI of that mean, and per K the mean
 over every size and seed (one number for "is A as good as B across the curve"). Several runs of one
 grid (sizes run apart, say) make one arm: RUN,RUN,...
+
+A mean gets two CIs because two things vary: the validation patients (bootstrap, patients resampled
+whole; the seeds' scores share them) and the training run (a t-interval over the seeds' paired
+differences: subsets, partition and training order redrawn). The second is the one that says whether
+another seed would rank the arms the same way; with 3 seeds it is wide, which is the point.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from mammo_fl.common.evaluation.metrics import paired_auc_difference, paired_mean_auc_difference
 from mammo_fl.common.utils.errors import ConfigError, DataError
@@ -136,9 +143,25 @@ def _mean_row(frames: list[pd.DataFrame], diffs: list[float], resamples: int, **
     res = paired_mean_auc_difference(ref["label"], [f["malignant_prob_a"] for f in frames],
                                      [f["malignant_prob_b"] for f in frames], n=resamples, seed=0,
                                      groups=ref["patient_id"])
+    seed_sd, seed_ci = _seed_interval(diffs)
     return {**key, "auc_a": res.auc_a, "auc_b": res.auc_b, "mean_difference": res.difference,
             "ci_low": res.ci[0], "ci_high": res.ci[1], "a_better": sum(d > 0 for d in diffs),
-            "min_difference": min(diffs), "max_difference": max(diffs)}
+            "min_difference": min(diffs), "max_difference": max(diffs),
+            "seed_sd": seed_sd, "seed_ci_low": seed_ci[0], "seed_ci_high": seed_ci[1]}
+
+
+def _seed_interval(diffs: list[float]) -> tuple[float, tuple[float, float]]:
+    """sd of the per-seed differences and the 95% t-interval of their mean (NaN for one seed)."""
+    if len(diffs) < 2:
+        return float("nan"), (float("nan"), float("nan"))
+    values = np.asarray(diffs, dtype=float)
+    sd = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / np.sqrt(len(values))
+    return sd, (float(values.mean()) - half, float(values.mean()) + half)
+
+
+def _seed_text(over: str, sd: float, low: float, high: float) -> str:
+    return "" if np.isnan(sd) else f"; over {over} sd {sd:.3f}, t-CI [{low:+.3f}, {high:+.3f}]"
 
 
 def format_comparison(a: Arm, b: Arm, result: Comparison) -> str:
@@ -147,17 +170,19 @@ def format_comparison(a: Arm, b: Arm, result: Comparison) -> str:
     for r in result.per_seed.itertuples():
         lines.append(f"  n={r.patients:<3} K={r.k_sites} seed={r.seed}: {r.auc_a:.3f} vs {r.auc_b:.3f}  "
                      f"diff {r.difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]")
-    lines.append("mean over seeds (CI of the mean under validation-set resampling):")
+    lines.append("mean over seeds (CI of the mean under validation-set resampling; t-CI over the seeds' differences):")
     for r in result.summary.itertuples():
         lines.append(f"  n={r.patients:<3} K={r.k_sites}: {r.auc_a:.3f} vs {r.auc_b:.3f}  mean diff "
                      f"{r.mean_difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  A better in "
-                     f"{r.a_better}/{r.seeds} seeds (per-seed {r.min_difference:+.3f}..{r.max_difference:+.3f})")
+                     f"{r.a_better}/{r.seeds} seeds (per-seed {r.min_difference:+.3f}..{r.max_difference:+.3f}"
+                     f"{_seed_text('seeds', r.seed_sd, r.seed_ci_low, r.seed_ci_high)})")
     if len(result.overall):
         lines.append("mean over every size and seed (each job counts once):")
     for r in result.overall.itertuples():
         lines.append(f"  {r.sizes} sizes K={r.k_sites}: {r.auc_a:.3f} vs {r.auc_b:.3f}  mean diff "
                      f"{r.mean_difference:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  A better in "
-                     f"{r.a_better}/{r.jobs} jobs (per-job {r.min_difference:+.3f}..{r.max_difference:+.3f})")
+                     f"{r.a_better}/{r.jobs} jobs (per-job {r.min_difference:+.3f}..{r.max_difference:+.3f}"
+                     f"{_seed_text('jobs', r.seed_sd, r.seed_ci_low, r.seed_ci_high)})")
     for k in result.no_overall:
         lines.append(f"no mean over sizes for K={k}: its sizes were scored on different validation sets")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 
 from mammo_fl.common.evaluation.metrics import paired_mean_auc_difference
 from mammo_fl.common.utils.errors import ConfigError, DataError
-from mammo_fl.simulations.pairs import Arm, compare_arms
+from mammo_fl.simulations.pairs import Arm, compare_arms, format_comparison
 
 N_IMAGES = 80
 
@@ -54,6 +54,11 @@ def test_better_arm_wins_in_every_seed_with_ci_above_zero(runs):
     assert row["a_better"] == 3 and row["ci_low"] > 0
     assert row["ci_low"] <= row["mean_difference"] <= row["ci_high"]
     assert row["mean_difference"] == pytest.approx(per_seed[per_seed["patients"] == 20]["difference"].mean())
+    # the training-seed interval: a t-interval over the 3 seeds' differences, around the same mean
+    diffs = per_seed[per_seed["patients"] == 20]["difference"].to_numpy()
+    half = 4.302653 * diffs.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert row["seed_sd"] == pytest.approx(diffs.std(ddof=1))
+    assert (row["seed_ci_low"], row["seed_ci_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
     (over,) = result.overall.itertuples()  # both sizes, all seeds: one mean, narrower than one size's CI
     assert (over.sizes, over.jobs, over.a_better) == (2, 6, 6)
     assert over.mean_difference == pytest.approx(per_seed["difference"].mean())
@@ -93,6 +98,14 @@ def test_federated_against_pooled_of_the_same_run(runs):
     assert len(result.per_seed) == 6
     assert (result.summary["mean_difference"] < 0).all()  # the pooled arm is the better one here
 
+    only = runs / "B_seed0" / "predictions"  # one seed: no interval over seeds, and none printed
+    only.mkdir(parents=True)
+    for name in ("federated_k3_n20_seed0.csv", "pooled_n20_seed0.csv"):
+        (only / name).write_bytes((runs / "B" / "predictions" / name).read_bytes())
+    arms = Arm.parse(f"{only.parent}:federated"), Arm.parse(f"{only.parent}:pooled")
+    single = compare_arms(*arms, resamples=50)
+    assert single.summary["seed_sd"].isna().all() and "over seeds sd" not in format_comparison(*arms, single)
+
 
 def test_identical_arms_differ_by_exactly_zero():
     val = _val()
@@ -124,5 +137,6 @@ def test_cli_prints_and_writes_the_comparison(runs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "mean over seeds" in proc.stdout and "A better in 3/3 seeds" in proc.stdout
     assert "2 sizes K=3" in proc.stdout and "A better in 6/6 jobs" in proc.stdout
+    assert proc.stdout.count("over seeds sd") == 2 and proc.stdout.count("over jobs sd") == 1
     table = pd.read_csv(out)
     assert set(table["kind"]) == {"seed", "mean", "overall"} and len(table) == 9
