@@ -98,7 +98,9 @@ def test_federated_against_pooled_of_the_same_run(runs):
     assert len(result.per_seed) == 6
     assert (result.summary["mean_difference"] < 0).all()  # the pooled arm is the better one here
 
-    only = runs / "B_seed0" / "predictions"  # one seed: no interval over seeds, and none printed
+
+def test_one_seed_gets_no_interval_over_seeds(runs):
+    only = runs / "B_seed0" / "predictions"
     only.mkdir(parents=True)
     for name in ("federated_k3_n20_seed0.csv", "pooled_n20_seed0.csv"):
         (only / name).write_bytes((runs / "B" / "predictions" / name).read_bytes())
