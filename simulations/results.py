@@ -135,14 +135,29 @@ def _git_commit(repo: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else what platform reports)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment_record() -> dict[str, Any]:
-    """Versions and host facts that can change a result."""
+    """Versions and host facts that can change a result. The CPU's kind and torch's kernel level
+    (AVX2, AVX512, ...) are among them: the same seed builds a different source model on another
+    kind (docs/simulations.md, "The whole curve at 6 x 1, on a second CPU")."""
     import torch
 
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpu_count": __import__("os").cpu_count(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": {p: _version(p) for p in ("mammo-fl", "torch", "torchvision", "flwr", "ray", "numpy", "pandas")},

@@ -15,7 +15,8 @@ from mammo_fl.common.utils.config import load_config
 from mammo_fl.common.utils.errors import ConfigError
 from mammo_fl.simulations.experiment import Job, effective_sizes, plan_jobs
 from mammo_fl.simulations.plot import plot_transfer_curves
-from mammo_fl.simulations.results import RESULT_COLUMNS, append_rows, read_results, result_row, summary_table
+from mammo_fl.simulations.results import (RESULT_COLUMNS, append_rows, environment_record, read_results, result_row,
+                                          summary_table)
 from mammo_fl.simulations.settings import parse_settings
 
 
@@ -87,6 +88,16 @@ def test_result_files_schema_table_and_plot(tmp_path):
     assert table.loc[table["patients"] == 20, "federated K=5"].item() == "-"
     png = plot_transfer_curves(results, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_environment_record_names_the_cpu_kind():
+    # the same seed builds a different source model on another CPU kind (docs/simulations.md), so
+    # run.json says which kind and which kernel level torch used
+    import torch
+
+    env = environment_record()
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu_capability"]
+    assert isinstance(env["cpu"], str) and env["cpu"] and env["cpu"] != "unknown"
 
 
 def test_cli_bad_preset_is_one_line_error(tmp_path):
