@@ -136,14 +136,15 @@ def _git_commit(repo: Path) -> str:
 
 
 def _cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo, else what platform reports)."""
+    """The CPU's model name (Linux /proc/cpuinfo; ARM kernels list none there, so then what platform
+    reports, at least the architecture)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def environment_record() -> dict[str, Any]:
